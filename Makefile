@@ -1,0 +1,44 @@
+# Set-up and the two commands users run: `make demo` and `make test`.
+# The environment lives in .venv and is rebuilt when a requirement file or setup.py changes
+# (the stamp file below); a second run installs nothing.
+PYTHON_BOOT ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+ARCH := $(shell uname -m)
+TORCH_REQS := requirements-torch-$(ARCH).txt
+D2_DIR := $(VENV)/detectron2-py310
+STAMP := $(VENV)/.rpanoptic-stamp
+DEMO_ARGS ?=
+
+.PHONY: env demo test bench clean-env
+
+env: $(STAMP)
+
+$(STAMP): requirements.txt requirements-detectron2.txt $(TORCH_REQS) setup.py
+	@test -f $(TORCH_REQS) || { echo "No torch pin for architecture $(ARCH): add $(TORCH_REQS)"; exit 1; }
+	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
+	$(PIP) install -q -r $(TORCH_REQS)
+	$(PIP) install -q -r requirements.txt
+	# detectron2: pure-Python wheel for cp310, used on this Python (see README / DESIGN.md)
+	rm -rf $(D2_DIR)
+	$(PIP) install -q --no-deps --only-binary=:all: --python-version 3.10 --target $(D2_DIR) \
+		-r requirements-detectron2.txt
+	rm -rf $(D2_DIR)/tools $(D2_DIR)/bin
+	rm -f $(D2_DIR)/detectron2/_C*.so
+	$(PY) -c "import site,os; open(os.path.join(site.getsitepackages()[0],'rpanoptic-detectron2.pth'),'w').write(os.path.abspath('$(D2_DIR)')+'\n')"
+	$(PIP) install -q --no-deps --no-build-isolation -e .
+	$(PY) -m rpanoptic.env
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+demo: $(STAMP)
+	$(PY) tools/train_net.py --config-file configs/quick_schedules/rpanoptic_instant_test.yaml $(DEMO_ARGS)
+
+bench: $(STAMP)
+	$(PY) tools/benchmark_recurrence.py
+
+clean-env:
+	rm -rf $(VENV)
