@@ -1,0 +1,27 @@
+"""The recurrence engine: pure PyTorch, no Detectron2 import. Usable by any PyTorch model.
+
+- :class:`HGRUCell` -- one hGRU step ``forward(x, h) -> h_next``.
+- :class:`Recurrence` -- runs a cell for N steps and trains it with bptt, cbptt, rbp or crbp.
+- :func:`neumann_series`, :class:`ImplicitStep` -- recurrent back-propagation.
+- :func:`lcp_penalty` -- the Lipschitz coefficient penalty.
+- :func:`fixed_point_residual`, :func:`spectral_radius` -- convergence diagnostics.
+"""
+from .diagnostics import fixed_point_residual, spectral_radius
+from .hgru import HGRUCell
+from .lcp import lcp_from_vjp, lcp_penalty, ones_vjp
+from .rbp import ImplicitStep, ImplicitStepOptions, neumann_series
+from .runner import GRAD_MODES, Recurrence
+
+__all__ = [
+    "HGRUCell",
+    "Recurrence",
+    "GRAD_MODES",
+    "ImplicitStep",
+    "ImplicitStepOptions",
+    "neumann_series",
+    "lcp_penalty",
+    "lcp_from_vjp",
+    "ones_vjp",
+    "fixed_point_residual",
+    "spectral_radius",
+]

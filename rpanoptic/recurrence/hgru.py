@@ -1,0 +1,146 @@
+"""The hGRU cell: one step h_{t+1} = F(x, h_t) of a horizontal gated recurrent unit.
+
+The hGRU (Linsley et al. 2018; used by C-RBP, Linsley et al. 2020) models horizontal
+connections inside one feature map: a state h is inhibited and then excited by convolutions of
+itself, and mixed back into h through a learned gate. For channels C and a map of size H x W:
+
+    g1 = sigmoid(N1(U1 * h) + b1)                  gain gate            (B, C, H, W)
+    c1 = N2(W_I * (g1 . h))                        inhibition kernel    (B, C, H, W)
+    z  = f(x - f((alpha . h + mu) . c1))           inhibited state
+    g2 = sigmoid(N3(U2 * z) + b2)                  mix gate
+    c2 = N4(W_E * z)                               excitation kernel
+    h~ = f(kappa . z + gamma . c2 + omega . z . c2) candidate state
+    h' = (1 - g2) . h + g2 . h~                    convex mix
+
+"*" is convolution (U1, U2: 1x1; W_I, W_E: k x k), "." the element-wise product, N1..N4 are
+normalisation layers (GroupNorm, BatchNorm, SyncBatchNorm or none), f is the non-linearity and
+alpha, mu, kappa, gamma, omega are per-channel parameters.
+
+Initialisation follows the paper's intent: the gate biases b1 = log(u), b2 = -log(u) with
+u ~ U(1, timesteps - 1) per channel ("chrono" initialisation), so the mix gate starts small and
+early steps update slowly; the biases sit after the normalisation so that the normalisation
+cannot cancel them. Normalisation gains start at 0.1 as in the reference hGRU, which keeps the
+fresh cell contractive (its Jacobian's spectral radius below 1, tested).
+"""
+from typing import Callable, Dict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["HGRUCell", "NONLINEARITIES", "NORMS"]
+
+NONLINEARITIES: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "softplus": F.softplus,
+    "relu": F.relu,
+    "tanh": torch.tanh,
+}
+
+
+def _group_norm(channels: int, groups: int) -> nn.Module:
+    if channels % groups != 0:
+        raise ValueError(
+            f"HGRUCell: norm='GN' needs channels divisible by the number of groups, got "
+            f"channels={channels} and groups={groups}; pick channels that are a multiple of "
+            f"{groups} or pass gn_groups= a divisor of {channels}."
+        )
+    return nn.GroupNorm(groups, channels)
+
+
+NORMS: Dict[str, Callable[[int, int], nn.Module]] = {
+    "GN": _group_norm,
+    "BN": lambda c, g: nn.BatchNorm2d(c),
+    "SyncBN": lambda c, g: nn.SyncBatchNorm(c),
+    "": lambda c, g: nn.Identity(),
+}
+
+
+def _lookup(table: dict, value, name: str):
+    if value not in table:
+        raise ValueError(
+            f"HGRUCell: {name}={value!r} is not supported; allowed values: "
+            f"{', '.join(repr(k) for k in table)}."
+        )
+    return table[value]
+
+
+class HGRUCell(nn.Module):
+    """One hGRU step. ``forward(x, h) -> h_next``, all of shape (B, C, H, W).
+
+    Args:
+        channels: C, channels of the input and the state.
+        kernel_size: size k of the inhibition and excitation kernels (odd).
+        norm: "GN", "BN", "SyncBN" or "" (none), the normalisation N1..N4.
+        nonlinearity: "softplus", "relu" or "tanh", the function f.
+        timesteps: N used only to initialise the gate biases (u ~ U(1, N - 1)).
+        gn_groups: number of groups when ``norm == "GN"``; must divide ``channels``.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        kernel_size: int = 3,
+        norm: str = "GN",
+        nonlinearity: str = "softplus",
+        *,
+        timesteps: int = 8,
+        gn_groups: int = 32,
+    ):
+        super().__init__()
+        if channels < 1:
+            raise ValueError(f"HGRUCell: channels must be >= 1, got {channels}.")
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"HGRUCell: kernel_size must be odd and >= 1, got {kernel_size}.")
+        self.channels = channels
+        self.nonlinearity = _lookup(NONLINEARITIES, nonlinearity, "nonlinearity")
+        make_norm = _lookup(NORMS, norm, "norm")
+        self.norms = nn.ModuleList([make_norm(channels, gn_groups) for _ in range(4)])
+
+        self.gain_gate = nn.Conv2d(channels, channels, 1, bias=False)  # U1
+        self.mix_gate = nn.Conv2d(channels, channels, 1, bias=False)  # U2
+        self.gain_bias = nn.Parameter(torch.empty(1, channels, 1, 1))  # b1
+        self.mix_bias = nn.Parameter(torch.empty(1, channels, 1, 1))  # b2
+        shape = (channels, channels, kernel_size, kernel_size)
+        self.w_inh = nn.Parameter(torch.empty(shape))  # W_I
+        self.w_exc = nn.Parameter(torch.empty(shape))  # W_E
+        for name in ("alpha", "mu", "kappa", "gamma", "omega"):
+            self.register_parameter(name, nn.Parameter(torch.empty(1, channels, 1, 1)))
+        self.padding = kernel_size // 2
+        self.reset_parameters(timesteps)
+
+    @torch.no_grad()
+    def reset_parameters(self, timesteps: int = 8) -> None:
+        """Initialise as the hGRU paper intends (see the module docstring)."""
+        nn.init.orthogonal_(self.gain_gate.weight)
+        nn.init.orthogonal_(self.mix_gate.weight)
+        nn.init.orthogonal_(self.w_inh)
+        nn.init.orthogonal_(self.w_exc)
+        # Chrono initialisation, written into the parameters themselves (in place).
+        u = torch.empty(1, self.channels, 1, 1).uniform_(1.0, max(1.0, timesteps - 1.0))
+        self.gain_bias.copy_(u.log())
+        self.mix_bias.copy_(-u.log())
+        self.alpha.fill_(0.1)
+        self.mu.fill_(1.0)
+        self.kappa.fill_(0.5)
+        self.gamma.fill_(1.0)
+        self.omega.fill_(0.5)
+        for n in self.norms:
+            if getattr(n, "weight", None) is not None:
+                n.weight.fill_(0.1)
+                n.bias.zero_()
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """One step. Args: x, h of shape (B, C, H, W). Returns h_next of the same shape."""
+        f, (n1, n2, n3, n4) = self.nonlinearity, self.norms
+        g1 = torch.sigmoid(n1(self.gain_gate(h)) + self.gain_bias)
+        c1 = n2(F.conv2d(g1 * h, self.w_inh, padding=self.padding))
+        z = f(x - f((self.alpha * h + self.mu) * c1))
+        g2 = torch.sigmoid(n3(self.mix_gate(z)) + self.mix_bias)
+        c2 = n4(F.conv2d(z, self.w_exc, padding=self.padding))
+        candidate = f(self.kappa * z + self.gamma * c2 + self.omega * z * c2)
+        return h + g2 * (candidate - h)
+
+    def extra_repr(self) -> str:
+        k = self.w_inh.shape[-1]
+        return f"channels={self.channels}, kernel_size={k}"
+

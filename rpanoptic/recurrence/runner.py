@@ -1,0 +1,246 @@
+"""Run a recurrence h_{t+1} = F(x, h_t) for N steps and pick how it learns.
+
+Learning modes (``grad``):
+
+- "bptt": N steps, every step in the autograd graph (memory O(N)).
+- "cbptt": as "bptt", plus the LCP of the last step (``lcp``).
+- "rbp": N - 1 steps without a graph, the last step through :class:`~.rbp.ImplicitStep`, whose
+  backward is a truncated Neumann series of K vector-Jacobian products (memory O(1) in N).
+- "crbp": as "rbp", plus the LCP of the last step. This is C-RBP.
+
+All four compute the same forward values for the same weights and N. At inference (module in
+eval mode, or autograd disabled) no graph is built; the recurrence runs ``test_timesteps`` steps
+(0: ``timesteps``), and with ``halt_tol > 0`` each sample stops updating once its relative
+change ||h_{t+1} - h_t|| / ||h_t|| falls below ``halt_tol``.
+
+Precision: the recurrence runs with autocast disabled, and half-precision inputs are promoted
+to float32, so a fixed-point iteration and its Neumann series are never run in float16 or
+bfloat16 (their errors compound over steps). The output is then float32; the surrounding
+autocast region casts it where it is used.
+"""
+from typing import Callable, Dict, Optional, Tuple
+
+import torch
+from torch import nn
+
+from ._batch import batch_coupled, expand_as, group_norm
+from .diagnostics import fixed_point_residual, spectral_radius
+from .lcp import lcp_penalty
+from .rbp import ImplicitStep, ImplicitStepOptions
+
+__all__ = ["Recurrence", "GRAD_MODES"]
+
+Step = Tuple[torch.Tensor, Optional[torch.Tensor]]
+
+
+def _unroll_with_graph(rec: "Recurrence", x: torch.Tensor, h: torch.Tensor) -> Step:
+    """bptt / cbptt: N steps in the graph; the LCP (cbptt) at the last step."""
+    for _ in range(rec.timesteps - 1):
+        h = rec.cell(x, h)
+    if not rec.constrained:
+        return rec.cell(x, h), None
+    if not h.requires_grad:  # N = 1 from a constant start: the penalty still needs dF/dh
+        h = h.detach().requires_grad_()
+    h_next = rec.cell(x, h)
+    return h_next, lcp_penalty(h_next, h, rec.lcp_tau)
+
+
+def _unroll_implicit(rec: "Recurrence", x: torch.Tensor, h: torch.Tensor) -> Step:
+    """rbp / crbp: N - 1 steps without a graph, the last one differentiated by RBP."""
+    with torch.no_grad():
+        for _ in range(rec.timesteps - 1):
+            h = rec.cell(x, h)
+    options = ImplicitStepOptions(
+        neumann_steps=rec.neumann_steps,
+        rtol=rec.neumann_rtol,
+        lcp_tau=rec.lcp_tau if rec.constrained else None,
+        coupled=batch_coupled(rec.cell),
+        stats=rec.neumann_stats(x.device),
+    )
+    params = [p for p in rec.cell.parameters() if p.requires_grad]
+    h_next, lcp = ImplicitStep.apply(rec.cell, options, x, h, *params)
+    return h_next, lcp if rec.constrained else None
+
+
+_TRAINING: Dict[str, Callable[["Recurrence", torch.Tensor, torch.Tensor], Step]] = {
+    "bptt": _unroll_with_graph,
+    "cbptt": _unroll_with_graph,
+    "rbp": _unroll_implicit,
+    "crbp": _unroll_implicit,
+}
+GRAD_MODES = tuple(_TRAINING)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check(name: str, value, ok: bool, allowed: str) -> None:
+    if not ok:
+        raise ValueError(f"Recurrence: {name}={value!r} is invalid; allowed: {allowed}.")
+
+
+class Recurrence(nn.Module):
+    """Iterate a cell to (near) its fixed point and train it with BPTT, RBP, C-BPTT or C-RBP.
+
+    Args:
+        cell: any module with ``forward(x, h) -> h_next`` (same shape), e.g. ``HGRUCell``.
+        timesteps: N, steps run during training (>= 1).
+        grad: "bptt", "cbptt", "rbp" or "crbp" (see the module docstring).
+        neumann_steps: K, terms of the Neumann series after the first (rbp/crbp; >= 0).
+        lcp_tau: tau of the Lipschitz coefficient penalty (cbptt/crbp; > 0).
+        test_timesteps: steps run at inference; 0 means ``timesteps``.
+        halt_tol: relative-change tolerance of per-sample halting at inference; 0 disables.
+        neumann_rtol: relative tolerance that stops the Neumann series early (0 disables).
+
+    After a training forward in "cbptt"/"crbp", ``lcp`` holds the penalty (a scalar tensor in the
+    graph); otherwise it is None. After any forward, ``steps`` holds the steps taken per sample,
+    a (B,) long tensor. With ``keep_state = True`` the forward keeps its input and final state
+    (detached) for :meth:`diagnostics`.
+    """
+
+    def __init__(
+        self,
+        cell: nn.Module,
+        timesteps: int,
+        grad: str = "crbp",
+        neumann_steps: int = 15,
+        lcp_tau: float = 0.9,
+        test_timesteps: int = 0,
+        halt_tol: float = 0.0,
+        neumann_rtol: float = 0.0,
+    ):
+        super().__init__()
+        _check("grad", grad, grad in _TRAINING, " | ".join(repr(m) for m in GRAD_MODES))
+        _check("timesteps", timesteps, _is_count(timesteps) and timesteps >= 1, "int >= 1")
+        _check(
+            "neumann_steps",
+            neumann_steps,
+            _is_count(neumann_steps) and neumann_steps >= 0,
+            "int >= 0",
+        )
+        _check("lcp_tau", lcp_tau, _is_number(lcp_tau) and lcp_tau > 0, "a number > 0 (the paper uses 0.9)")
+        _check(
+            "test_timesteps",
+            test_timesteps,
+            _is_count(test_timesteps) and test_timesteps >= 0,
+            "int >= 0 (0 means timesteps)",
+        )
+        _check("halt_tol", halt_tol, _is_number(halt_tol) and halt_tol >= 0, "a number >= 0 (0 disables halting)")
+        _check(
+            "neumann_rtol",
+            neumann_rtol,
+            _is_number(neumann_rtol) and 0 <= neumann_rtol < 1,
+            "0 <= neumann_rtol < 1")
+        self.cell = cell
+        self.timesteps, self.grad, self.neumann_steps = timesteps, grad, neumann_steps
+        self.lcp_tau, self.test_timesteps, self.halt_tol = float(lcp_tau), test_timesteps, halt_tol
+        self.neumann_rtol = float(neumann_rtol)
+        self.lcp: Optional[torch.Tensor] = None
+        self.steps: Optional[torch.Tensor] = None
+        self.keep_state = False
+        self.last_input: Optional[torch.Tensor] = None
+        self.last_state: Optional[torch.Tensor] = None
+        self._neumann_stats: Optional[torch.Tensor] = None
+
+    @property
+    def constrained(self) -> bool:
+        """Whether the mode adds the LCP (cbptt, crbp)."""
+        return self.grad in ("cbptt", "crbp")
+
+    def forward(self, x: torch.Tensor, h0: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Run the recurrence. x: (B, C, H, W) drive; h0: start state (default zeros).
+
+        Returns the final state, (B, C, H, W).
+        """
+        if x.dtype in (torch.float16, torch.bfloat16):
+            x = x.float()
+        h = torch.zeros_like(x) if h0 is None else h0.to(x.dtype)
+        with torch.autocast(x.device.type, enabled=False):
+            if self.training and torch.is_grad_enabled():
+                h, self.lcp = _TRAINING[self.grad](self, x, h)
+                self.steps = torch.full((x.shape[0],), self.timesteps, device=x.device)
+            else:
+                self.lcp = None
+                h, self.steps = self._infer(x, h)
+        if self.keep_state:
+            self.last_input, self.last_state = x.detach(), h.detach()
+        return h
+
+    @torch.no_grad()
+    def _infer(self, x: torch.Tensor, h: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        limit = self.test_timesteps or self.timesteps
+        steps = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        if self.halt_tol <= 0:
+            for _ in range(limit):
+                h = self.cell(x, h)
+            return h, steps + limit
+        coupled = batch_coupled(self.cell)
+        active = torch.ones_like(steps, dtype=torch.bool)
+        for _ in range(limit):
+            h_next = self.cell(x, h)
+            change = group_norm(h_next - h, coupled) / group_norm(h, coupled).clamp_min(1e-12)
+            h = torch.where(expand_as(active, h), h_next, h)
+            steps += active
+            active &= (change >= self.halt_tol).expand_as(active)
+            if not active.any():  # one host sync per step, at inference only
+                break
+        return h, steps
+
+    def neumann_stats(self, device: torch.device) -> torch.Tensor:
+        """The running [fallbacks, terms, series] counters of RBP backward passes, on device."""
+        if self._neumann_stats is None or self._neumann_stats.device != torch.device(device):
+            self._neumann_stats = torch.zeros(3, device=device)
+        return self._neumann_stats
+
+    def reset_neumann_stats(self) -> None:
+        """Zero the counters read by :meth:`diagnostics`."""
+        if self._neumann_stats is not None:
+            self._neumann_stats.zero_()
+
+    def diagnostics(
+        self,
+        x: Optional[torch.Tensor] = None,
+        h: Optional[torch.Tensor] = None,
+        power_iters: int = 20,
+    ) -> Dict[str, torch.Tensor]:
+        """Convergence diagnostics, as tensors (no host synchronisation).
+
+        Args:
+            x, h: input and state to analyse; default: those kept by the last forward
+                (set ``keep_state = True`` first).
+            power_iters: vector-Jacobian products of the spectral-radius estimate.
+
+        Returns:
+            ``residual`` and ``spectral_radius`` per sample (see ``diagnostics.py``), and the
+            counters since the last reset: ``neumann_fallbacks`` (series stopped by the
+            safeguard), ``neumann_terms`` (mean terms added per series), ``steps`` (mean steps).
+        """
+        x = self.last_input if x is None else x
+        h = self.last_state if h is None else h
+        if x is None or h is None:
+            raise ValueError(
+                "Recurrence.diagnostics: no state to analyse; pass x and h, or set "
+                "keep_state = True before the forward pass."
+            )
+        out = {
+            "residual": fixed_point_residual(self.cell, x, h),
+            "spectral_radius": spectral_radius(self.cell, x, h, iters=power_iters),
+        }
+        stats = self.neumann_stats(x.device)
+        out["neumann_fallbacks"] = stats[0].clone()
+        out["neumann_terms"] = stats[1] / stats[2].clamp_min(1)
+        if self.steps is not None:
+            out["steps"] = self.steps.float().mean()
+        return out
+
+    def extra_repr(self) -> str:
+        return (
+            f"timesteps={self.timesteps}, grad={self.grad!r}, neumann_steps={self.neumann_steps}, "
+            f"lcp_tau={self.lcp_tau}, test_timesteps={self.test_timesteps}, "
+            f"halt_tol={self.halt_tol}"
+        )
