@@ -11,7 +11,7 @@ D2_DIR := $(VENV)/detectron2-py310
 STAMP := $(VENV)/.rpanoptic-stamp
 DEMO_ARGS ?=
 
-.PHONY: env demo test bench clean-env
+.PHONY: env demo test bench lint clean-env
 
 env: $(STAMP)
 
@@ -39,6 +39,12 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) tools/benchmark_recurrence.py
+
+lint: $(STAMP)
+	$(PIP) install -q -r requirements-dev.txt
+	$(VENV)/bin/black --check rpanoptic tests tools datasets
+	$(VENV)/bin/isort --check-only rpanoptic tests tools datasets
+	$(VENV)/bin/flake8 rpanoptic tests tools datasets
 
 clean-env:
 	rm -rf $(VENV)

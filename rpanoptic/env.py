@@ -2,6 +2,7 @@
 
 Usage: ``python -m rpanoptic.env``
 """
+
 import importlib
 import sys
 

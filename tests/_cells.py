@@ -1,4 +1,5 @@
 """Small cells shared by the recurrence tests."""
+
 import torch
 from torch import nn
 

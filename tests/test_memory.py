@@ -1,4 +1,5 @@
 """The graph kept for backward: flat in N for rbp/crbp, growing for bptt, below one BPTT step."""
+
 import pytest
 import torch
 

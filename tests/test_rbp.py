@@ -1,9 +1,10 @@
 """RBP gradients against exact answers: the dense implicit gradient and long-run BPTT."""
+
 import pytest
 import torch
+from _cells import LinearCell, drive, small_hgru
 
 from rpanoptic.recurrence import Recurrence, lcp_penalty, neumann_series
-from _cells import LinearCell, drive, small_hgru
 
 STEPS = 400  # forward steps: enough for the tiny contractive cell to converge in float64
 

@@ -6,6 +6,7 @@
 - :func:`lcp_penalty` -- the Lipschitz coefficient penalty.
 - :func:`fixed_point_residual`, :func:`spectral_radius` -- convergence diagnostics.
 """
+
 from .diagnostics import fixed_point_residual, spectral_radius
 from .hgru import HGRUCell
 from .lcp import lcp_from_vjp, lcp_penalty, ones_vjp

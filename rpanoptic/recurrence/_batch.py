@@ -5,6 +5,7 @@ diagonal over the batch and per-sample decisions (halting, Neumann-series safegu
 radius) are exact. A BatchNorm in training mode couples the samples: then the whole batch is
 treated as one group.
 """
+
 from contextlib import contextmanager
 
 import torch

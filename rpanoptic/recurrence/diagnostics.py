@@ -1,4 +1,4 @@
-"""Convergence diagnostics of a recurrence at a state h: how far from a fixed point, how contractive.
+"""Convergence diagnostics of a recurrence at a state h: distance to a fixed point, contraction.
 
 - Fixed-point residual: r = ||F(x, h) - h|| / ||h||, per sample. Small r means the forward
   iteration has converged, which RBP assumes.
@@ -12,6 +12,7 @@
 Both return tensors on the state's device, per sample (B,), or (1,) when the cell couples the
 samples of a batch (BatchNorm in training mode); neither updates BatchNorm statistics.
 """
+
 from typing import Optional
 
 import torch

@@ -22,6 +22,7 @@ early steps update slowly; the biases sit after the normalisation so that the no
 cannot cancel them. Normalisation gains start at 0.1 as in the reference hGRU, which keeps the
 fresh cell contractive (its Jacobian's spectral radius below 1, tested).
 """
+
 from typing import Callable, Dict
 
 import torch
@@ -143,4 +144,3 @@ class HGRUCell(nn.Module):
     def extra_repr(self) -> str:
         k = self.w_inh.shape[-1]
         return f"channels={self.channels}, kernel_size={k}"
-

@@ -19,6 +19,7 @@ The product is built with ``create_graph=True`` so that the penalty is itself di
 with respect to the cell's parameters and its input x. The state h is treated as a constant
 (the penalty shapes F around the current state, as in the paper's implementation).
 """
+
 import torch
 
 __all__ = ["ones_vjp", "lcp_from_vjp", "lcp_penalty"]

@@ -6,6 +6,7 @@ measured region (e.g. a recomputation) are not counted: only what is still refer
 live graph when :meth:`SavedTensorMeter.bytes` is called. Storages are counted once however
 many times they are saved, and parameters are left out (they exist with or without a graph).
 """
+
 import weakref
 from typing import Iterable
 

@@ -24,6 +24,7 @@ step there (and, in C-RBP, the penalty's vector-Jacobian product), so what a rec
 alive between forward and backward is two state-sized tensors whatever N is, less than the
 graph of a single BPTT step.
 """
+
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -127,12 +128,15 @@ class ImplicitStep(torch.autograd.Function):
         x, h_prev = ctx.saved_tensors
         cell, options = ctx.cell, ctx.options
         needs_x = ctx.needs_input_grad[2]
-        outputs, grads = [], []
-        with torch.enable_grad(), torch.autocast(x.device.type, enabled=False):
+        # BatchNorm statistics are restored only after the last use of this graph: restoring
+        # them in place earlier would invalidate the tensors the graph saved.
+        with torch.enable_grad(), torch.autocast(
+            x.device.type, enabled=False
+        ), frozen_running_stats(cell):
             x_in = x.detach().requires_grad_(needs_x)
             h_in = h_prev.detach().requires_grad_()
-            with frozen_running_stats(cell):
-                out = cell(x_in, h_in)
+            out = cell(x_in, h_in)
+            outputs, grads = [], []
             if grad_h is not None:
                 g, diverged, terms = neumann_series(
                     out, h_in, grad_h, options.neumann_steps, options.rtol, options.coupled
@@ -145,9 +149,9 @@ class ImplicitStep(torch.autograd.Function):
             if grad_lcp is not None and options.lcp_tau is not None:
                 outputs.append(lcp_penalty(out, h_in, options.lcp_tau))
                 grads.append(grad_lcp)
-        inputs = ([x_in] if needs_x else []) + list(ctx.params)
-        if not outputs or not inputs:
-            return (None, None, None, None) + (None,) * len(ctx.params)
-        result = list(torch.autograd.grad(outputs, inputs, grads, allow_unused=True))
+            inputs = ([x_in] if needs_x else []) + list(ctx.params)
+            if not outputs or not inputs:
+                return (None, None, None, None) + (None,) * len(ctx.params)
+            result = list(torch.autograd.grad(outputs, inputs, grads, allow_unused=True))
         grad_x = result.pop(0) if needs_x else None
         return (None, None, grad_x, None, *result)

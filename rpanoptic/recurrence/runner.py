@@ -18,6 +18,7 @@ to float32, so a fixed-point iteration and its Neumann series are never run in f
 bfloat16 (their errors compound over steps). The output is then float32; the surrounding
 autocast region casts it where it is used.
 """
+
 from typing import Callable, Dict, Optional, Tuple
 
 import torch
@@ -123,19 +124,30 @@ class Recurrence(nn.Module):
             _is_count(neumann_steps) and neumann_steps >= 0,
             "int >= 0",
         )
-        _check("lcp_tau", lcp_tau, _is_number(lcp_tau) and lcp_tau > 0, "a number > 0 (the paper uses 0.9)")
+        _check(
+            "lcp_tau",
+            lcp_tau,
+            _is_number(lcp_tau) and lcp_tau > 0,
+            "a number > 0 (the paper uses 0.9)",
+        )
         _check(
             "test_timesteps",
             test_timesteps,
             _is_count(test_timesteps) and test_timesteps >= 0,
             "int >= 0 (0 means timesteps)",
         )
-        _check("halt_tol", halt_tol, _is_number(halt_tol) and halt_tol >= 0, "a number >= 0 (0 disables halting)")
+        _check(
+            "halt_tol",
+            halt_tol,
+            _is_number(halt_tol) and halt_tol >= 0,
+            "a number >= 0 (0 disables halting)",
+        )
         _check(
             "neumann_rtol",
             neumann_rtol,
             _is_number(neumann_rtol) and 0 <= neumann_rtol < 1,
-            "0 <= neumann_rtol < 1")
+            "0 <= neumann_rtol < 1",
+        )
         self.cell = cell
         self.timesteps, self.grad, self.neumann_steps = timesteps, grad, neumann_steps
         self.lcp_tau, self.test_timesteps, self.halt_tol = float(lcp_tau), test_timesteps, halt_tol

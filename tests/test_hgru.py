@@ -1,0 +1,70 @@
+"""The hGRU cell: shapes, gradients, initialisation, contractivity, argument errors."""
+
+import math
+
+import pytest
+import torch
+
+from rpanoptic.recurrence import HGRUCell, Recurrence, spectral_radius
+
+
+@pytest.mark.parametrize("norm", ["GN", "BN", ""])
+@pytest.mark.parametrize("nonlinearity", ["softplus", "relu", "tanh"])
+def test_shape_and_gradients_reach_every_parameter(norm, nonlinearity):
+    cell = HGRUCell(8, kernel_size=5, norm=norm, nonlinearity=nonlinearity, gn_groups=4)
+    x = torch.randn(2, 8, 6, 7, requires_grad=True)
+    h = torch.rand(2, 8, 6, 7)
+    out = cell(x, cell(x, h))
+    assert out.shape == x.shape
+    out.square().sum().backward()
+    for name, p in cell.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert x.grad.abs().sum() > 0
+
+
+def test_chrono_bias_initialisation_is_applied():
+    n = 12
+    cell = HGRUCell(64, norm="GN", timesteps=n)
+    low, high = -math.log(n - 1), 0.0
+    mix = cell.mix_bias.detach()
+    assert torch.all(mix <= high) and torch.all(mix >= low - 1e-6)
+    assert mix.std() > 0.1  # drawn per channel, not a constant
+    torch.testing.assert_close(cell.gain_bias.detach(), -mix)
+    # The mix gate starts small: early steps update slowly.
+    assert torch.sigmoid(mix).max() <= 0.5 + 1e-6
+    assert all(torch.all(n.weight == 0.1) for n in cell.norms)
+
+
+@pytest.mark.parametrize("norm", ["GN", "BN", ""])
+@pytest.mark.parametrize("timesteps", [3, 8, 20])
+def test_fresh_cell_is_contractive(norm, timesteps):
+    cell = HGRUCell(32, norm=norm, timesteps=timesteps)
+    x = torch.randn(2, 32, 16, 16)
+    rec = Recurrence(cell, timesteps).eval()
+    h = rec(x)
+    rho = spectral_radius(cell, x, h, iters=30)
+    assert torch.all(rho < 1.0), rho
+
+
+def test_group_norm_channel_mismatch_names_channels_and_groups():
+    with pytest.raises(ValueError, match=r"channels=48.*groups=32"):
+        HGRUCell(48, norm="GN")
+    HGRUCell(48, norm="GN", gn_groups=16)  # a divisor works
+
+
+@pytest.mark.parametrize(
+    "kwargs, pattern",
+    [
+        (dict(norm="LN"), r"norm='LN'.*'GN', 'BN', 'SyncBN', ''"),
+        (dict(nonlinearity="gelu"), r"nonlinearity='gelu'.*'softplus'"),
+        (dict(kernel_size=4), r"kernel_size must be odd"),
+    ],
+)
+def test_bad_arguments(kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        HGRUCell(32, **kwargs)
+
+
+def test_syncbn_builds():
+    cell = HGRUCell(8, norm="SyncBN")
+    assert isinstance(cell.norms[0], torch.nn.SyncBatchNorm)

@@ -1,0 +1,180 @@
+"""Recurrence: modes agree in the forward pass, inference, halting, diagnostics, argument errors."""
+
+import pytest
+import torch
+from _cells import LinearCell, drive, small_hgru
+
+from rpanoptic.recurrence import GRAD_MODES, HGRUCell, Recurrence
+
+
+def test_all_modes_give_the_same_forward_output():
+    cell = HGRUCell(8, norm="GN", gn_groups=4)
+    x = torch.randn(2, 8, 10, 10)
+    outs = {}
+    for grad in GRAD_MODES:
+        rec = Recurrence(cell, 7, grad=grad).train()
+        outs[grad] = rec(x.clone().requires_grad_())
+        assert (rec.lcp is not None) == (grad in ("cbptt", "crbp"))
+        assert rec.steps.tolist() == [7, 7]
+    with torch.no_grad():
+        outs["eval"] = Recurrence(cell, 7).eval()(x)
+    for grad, out in outs.items():
+        torch.testing.assert_close(out, outs["bptt"], rtol=1e-6, atol=1e-6, msg=grad)
+
+
+def test_batchnorm_statistics_updated_once_per_step_in_every_mode():
+    x = torch.randn(4, 8, 6, 6)
+    stats = {}
+    for grad in GRAD_MODES:
+        torch.manual_seed(0)
+        cell = HGRUCell(8, norm="BN")
+        rec = Recurrence(cell, 5, grad=grad).train()
+        h = rec(x.clone().requires_grad_())
+        (h.sum() + (rec.lcp if rec.lcp is not None else 0)).backward()
+        stats[grad] = torch.cat([b.float().flatten() for b in cell.buffers()])
+    for grad in GRAD_MODES:  # the recomputation in backward leaves the statistics alone
+        torch.testing.assert_close(stats[grad], stats["bptt"], msg=grad)
+
+
+def test_inference_builds_no_graph_and_uses_test_timesteps():
+    cell = LinearCell(0.5)
+    x = drive()
+    rec = Recurrence(cell, 3, grad="crbp", test_timesteps=6).eval()
+    h = rec(x)
+    assert not h.requires_grad and rec.lcp is None
+    assert rec.steps.tolist() == [6, 6]
+    torch.testing.assert_close(h, x.detach() * sum(0.5**k for k in range(6)))
+
+
+def test_halting_is_per_sample_and_stops_early_on_easy_inputs():
+    cell = LinearCell(0.5)
+    x = drive()
+    x.data[1] = 0.0  # an easy sample: already at its fixed point h* = 0
+    rec = Recurrence(cell, 5, test_timesteps=100, halt_tol=1e-3).eval()
+    h = rec(x)
+    steps = rec.steps.tolist()
+    # sample 0: change after step t is 0.5^(t-1) relative; sample 1 never moves.
+    assert steps[1] == 1 and 5 < steps[0] < 100
+    assert torch.all(h[1] == 0)
+    full = Recurrence(cell, 5, test_timesteps=100).eval()(x)
+    assert torch.allclose(h[0], full[0], rtol=1e-2)
+    assert full.shape == h.shape
+
+
+def test_halting_freezes_a_stopped_sample():
+    cell = LinearCell(0.9)
+    x = drive()
+    x.data[0] *= 1e-3
+    rec = Recurrence(cell, 1, test_timesteps=50, halt_tol=0.05).eval()
+    h = rec(x)
+    s0, s1 = rec.steps.tolist()
+    expected0 = x.detach()[0] * sum(0.9**k for k in range(s0))
+    torch.testing.assert_close(h[0], expected0)
+    assert s0 == s1  # relative change does not depend on the input's scale
+
+
+def test_diagnostics_are_tensors_on_the_state():
+    cell = small_hgru(norm="GN")
+    rec = Recurrence(cell, 40, grad="crbp", neumann_steps=5).train()
+    rec.keep_state = True
+    x = drive()
+    rec(x).sum().backward()
+    d = rec.diagnostics(power_iters=10)
+    assert set(d) == {"residual", "spectral_radius", "neumann_fallbacks", "neumann_terms", "steps"}
+    assert all(isinstance(v, torch.Tensor) for v in d.values())
+    assert d["residual"].shape == (2,) and torch.all(d["residual"] < 1e-3)
+    assert torch.all(d["spectral_radius"] < 1)
+    assert d["neumann_fallbacks"].item() == 0 and d["neumann_terms"].item() == 5
+    rec.reset_neumann_stats()
+    assert rec.diagnostics()["neumann_terms"].item() == 0
+
+
+def test_diagnostics_without_state_says_what_to_do():
+    with pytest.raises(ValueError, match="keep_state"):
+        Recurrence(LinearCell(0.5), 2).diagnostics()
+
+
+def test_autocast_keeps_recurrence_in_float32():
+    cell = HGRUCell(8, norm="GN", gn_groups=4)
+    x = torch.randn(1, 8, 6, 6)
+    for grad in GRAD_MODES:
+        rec = Recurrence(cell, 3, grad=grad).train()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            h = rec(x.bfloat16().requires_grad_())
+            loss = h.sum() + (rec.lcp if rec.lcp is not None else 0)
+        assert h.dtype == torch.float32, grad
+        loss.backward()
+        with torch.no_grad():
+            ref = Recurrence(cell, 3).eval()(x.bfloat16().float())
+        torch.testing.assert_close(h, ref, msg=grad)
+
+
+class _SyncCounter:
+    """Counts calls that force a device-to-host synchronisation on a tensor."""
+
+    NAMES = ("item", "__bool__", "__int__", "__float__", "tolist", "cpu", "numpy")
+
+    def __enter__(self):
+        self.count, self.saved = 0, {}
+        for name in self.NAMES:
+            original = getattr(torch.Tensor, name)
+            self.saved[name] = original
+
+            def counted(t, *a, _original=original, **k):
+                self.count += 1
+                return _original(t, *a, **k)
+
+            setattr(torch.Tensor, name, counted)
+        return self
+
+    def __exit__(self, *exc):
+        for name, original in self.saved.items():
+            setattr(torch.Tensor, name, original)
+
+
+@pytest.mark.parametrize("rtol", [0.0, 1e-4])
+@pytest.mark.parametrize("norm", ["GN", "BN"])
+def test_no_host_synchronisation_in_rbp_backward(norm, rtol):
+    cell = HGRUCell(8, norm=norm, gn_groups=4)
+    rec = Recurrence(cell, 4, grad="crbp", neumann_steps=20, neumann_rtol=rtol).train()
+    x = torch.randn(2, 8, 6, 6, requires_grad=True)
+    h = rec(x)
+    loss = h.square().mean() + rec.lcp
+    with _SyncCounter() as counter:
+        loss.backward()
+    assert counter.count == 0
+    with _SyncCounter() as counter:  # the counter does see synchronisations
+        bool(x.sum() > 0)
+    assert counter.count == 1
+
+
+@pytest.mark.parametrize(
+    "kwargs, pattern",
+    [
+        (dict(grad="tbptt"), r"grad='tbptt'.*'bptt' \| 'cbptt' \| 'rbp' \| 'crbp'"),
+        (dict(timesteps=0), r"timesteps=0.*int >= 1"),
+        (dict(timesteps=2.5), r"timesteps=2.5"),
+        (dict(neumann_steps=-1), r"neumann_steps=-1.*int >= 0"),
+        (dict(lcp_tau=0.0), r"lcp_tau=0.0.*> 0"),
+        (dict(lcp_tau=-1), r"lcp_tau=-1"),
+        (dict(test_timesteps=-2), r"test_timesteps=-2"),
+        (dict(halt_tol=-0.1), r"halt_tol=-0.1"),
+        (dict(neumann_rtol=1.5), r"neumann_rtol=1.5"),
+    ],
+)
+def test_bad_arguments_name_the_argument(kwargs, pattern):
+    args = dict(timesteps=3)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=pattern):
+        Recurrence(LinearCell(0.5), **args)
+
+
+def test_rbp_gradient_reaches_input_and_parameters_only():
+    cell = small_hgru()
+    rec = Recurrence(cell, 5, grad="rbp").train()
+    x = drive()
+    h0 = torch.rand_like(x).requires_grad_()
+    rec(x, h0).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert h0.grad is None  # the fixed point does not depend on the start state
+    assert all(p.grad is not None for p in cell.parameters())
