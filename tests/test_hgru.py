@@ -68,3 +68,19 @@ def test_bad_arguments(kwargs, pattern):
 def test_syncbn_builds():
     cell = HGRUCell(8, norm="SyncBN")
     assert isinstance(cell.norms[0], torch.nn.SyncBatchNorm)
+
+
+def test_softplus_matches_reference_with_exact_derivatives():
+    from rpanoptic.recurrence.hgru import softplus
+
+    x = torch.cat([torch.linspace(-40, 40, 801, dtype=torch.float64), torch.zeros(1).double()])
+    exact = torch.logaddexp(x, torch.zeros_like(x))  # F.softplus returns x above x = 20
+    torch.testing.assert_close(softplus(x), exact, rtol=1e-12, atol=1e-15)
+    x32 = x.float()
+    torch.testing.assert_close(softplus(x32), torch.nn.functional.softplus(x32))
+    xs = torch.randn(20, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(softplus, (xs,))
+    assert torch.autograd.gradgradcheck(softplus, (xs,))
+    zero = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    (d,) = torch.autograd.grad(softplus(zero).sum(), zero)
+    assert d.item() == 0.5  # sigmoid(0), also at the kink of relu and |x|

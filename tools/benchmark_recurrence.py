@@ -1,0 +1,281 @@
+#!/usr/bin/env python
+"""Benchmark the recurrence engine: memory and time of one training step against N and the mode.
+
+For each input shape (a mask-head batch of RoIs and an FPN level), each learning mode
+(bptt, cbptt, rbp, crbp) and each N it measures, for one training step of an hGRU recurrence
+(forward, loss = mean(h^2) + LCP, backward):
+
+- saved_mb: the graph kept for backward at the end of the forward pass (unique non-parameter
+  storages, ``SavedTensorMeter``);
+- peak_mb: peak memory of the step: ``torch.cuda.max_memory_allocated`` on GPU; on CPU the
+  growth of the process's peak RSS during the step (each configuration in a fresh process);
+- step_ms: median wall time of the step over ``--repeats`` runs after a warm-up;
+- syncs: host synchronisations (``Tensor.item``/``__bool__``/... calls) during backward.
+
+It prints a table, checks the targets below on ratios measured in this one run, and writes
+``results.csv``, ``targets.csv`` and ``benchmark.png`` to ``--output-dir``.
+
+Example:  python tools/benchmark_recurrence.py --shapes mask,fpn --repeats 3
+"""
+import argparse
+import csv
+import multiprocessing as mp
+import os
+import resource
+import statistics
+import sys
+import time
+
+SHAPES = {"mask": (32, 256, 14, 14), "fpn": (2, 256, 64, 64)}
+SYNC_METHODS = ("item", "__bool__", "__int__", "__float__", "tolist", "cpu", "numpy")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--steps", default="1,2,3,5,10,20,40", help="values of N")
+    p.add_argument("--grads", default="bptt,cbptt,rbp,crbp", help="learning modes")
+    p.add_argument("--shapes", default="mask,fpn", help=f"any of {','.join(SHAPES)}")
+    p.add_argument("--neumann-steps", type=int, default=15, help="K")
+    p.add_argument("--repeats", type=int, default=3, help="timed steps per configuration")
+    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.add_argument("--norm", default="GN")
+    p.add_argument("--output-dir", default="output/benchmark_recurrence")
+    return p.parse_args(argv)
+
+
+def _cuda():
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+class SyncCounter:
+    """Counts Python-level calls that synchronise a tensor with the host."""
+
+    def __enter__(self):
+        import torch
+
+        self.count, self._saved = 0, {}
+        for name in SYNC_METHODS:
+            original = getattr(torch.Tensor, name)
+            self._saved[name] = original
+
+            def counted(t, *a, _original=original, **k):
+                self.count += 1
+                return _original(t, *a, **k)
+
+            setattr(torch.Tensor, name, counted)
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+
+        for name, original in self._saved.items():
+            setattr(torch.Tensor, name, original)
+
+
+def measure(shape_name, grad, timesteps, args):
+    """One configuration (runs in its own process on CPU). Returns a result row."""
+    import torch
+
+    from rpanoptic.recurrence import HGRUCell, Recurrence
+    from rpanoptic.recurrence.memory import SavedTensorMeter
+
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    b, c, h, w = SHAPES[shape_name]
+    cell = HGRUCell(c, norm=args.norm, timesteps=timesteps).to(device)
+    rec = Recurrence(cell, timesteps, grad=grad, neumann_steps=args.neumann_steps).train()
+
+    def step(x, meter=None, counter=None):
+        if meter is None:
+            out = rec(x)
+        else:
+            with meter:
+                out = rec(x)
+        loss = out.square().mean() + (rec.lcp if rec.lcp is not None else 0)
+        saved = meter.bytes() if meter is not None else 0
+        if counter is None:
+            loss.backward()
+        else:
+            with counter:
+                loss.backward()
+        return saved
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    step(torch.randn(1, c, 8, 8, device=device, requires_grad=True))  # load kernels, small
+    x = torch.randn(b, c, h, w, device=device, requires_grad=True)
+    sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = max(_rss_mb(), _peak_rss_mb())
+    counter = SyncCounter()
+    saved = step(x, SavedTensorMeter(exclude=cell.parameters()), counter)
+    sync()
+    if device.type == "cuda":
+        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+    else:
+        peak = max(0.0, _peak_rss_mb() - base)
+    times = []
+    for _ in range(args.repeats):
+        cell.zero_grad(set_to_none=True)
+        x.grad = None
+        sync()
+        start = time.perf_counter()
+        step(x)
+        sync()
+        times.append((time.perf_counter() - start) * 1000)
+    return {
+        "device": str(device),
+        "shape": shape_name,
+        "grad": grad,
+        "timesteps": timesteps,
+        "saved_mb": round(saved / 2**20, 3),
+        "peak_mb": round(peak, 1),
+        "step_ms": round(statistics.median(times), 1),
+        "syncs": counter.count,
+    }
+
+
+def _measure_star(task):
+    return measure(*task)
+
+
+def run_all(args):
+    tasks = [
+        (shape, grad, n, args)
+        for shape in args.shapes.split(",")
+        for grad in args.grads.split(",")
+        for n in (int(s) for s in args.steps.split(","))
+    ]
+    try:
+        from tqdm import tqdm
+    except ImportError:  # progress bar is optional
+        tqdm = None
+    bar = tqdm(total=len(tasks), desc="configurations", file=sys.stderr) if tqdm else None
+    rows = []
+    if args.device == "cpu":
+        # A fresh process per configuration: peak RSS cannot be reset inside one process.
+        ctx = mp.get_context("spawn")
+        with ctx.Pool(1, maxtasksperchild=1) as pool:
+            for row in pool.imap(_measure_star, tasks):
+                rows.append(row)
+                bar and bar.update()
+    else:
+        for task in tasks:
+            rows.append(measure(*task))
+            bar and bar.update()
+    bar and bar.close()
+    return rows
+
+
+def _find(rows, shape, grad, n):
+    for r in rows:
+        if (r["shape"], r["grad"], r["timesteps"]) == (shape, grad, n):
+            return r
+    return None
+
+
+def check_targets(rows):
+    """The targets of the recurrence engine, as ratios measured in this run."""
+    out = []
+
+    def add(name, value, limit, note):
+        if value is not None:
+            out.append(
+                {
+                    "target": name,
+                    "value": round(value, 3),
+                    "limit": limit,
+                    "met": value <= limit,
+                    "note": note,
+                }
+            )
+
+    for shape in SHAPES:
+        c2, c40 = _find(rows, shape, "crbp", 2), _find(rows, shape, "crbp", 40)
+        b1 = _find(rows, shape, "bptt", 1)
+        if c2 and c40:
+            add(f"{shape}: crbp saved N=40 / N=2", c40["saved_mb"] / c2["saved_mb"], 1.05, "flat")
+        if c40 and b1:
+            add(
+                f"{shape}: crbp saved N=40 / bptt N=1",
+                c40["saved_mb"] / b1["saved_mb"],
+                0.5,
+                "below one BPTT step",
+            )
+    c20, b20 = _find(rows, "mask", "crbp", 20), _find(rows, "mask", "bptt", 20)
+    if c20 and b20:
+        add("mask: crbp step time / bptt step time, N=20", c20["step_ms"] / b20["step_ms"], 0.6, "")
+    implicit = [r["syncs"] for r in rows if r["grad"] in ("rbp", "crbp")]
+    if implicit:
+        add("host syncs in rbp/crbp backward (max)", max(implicit), 0, "none in the Neumann loop")
+    return out
+
+
+def write_outputs(rows, targets, outdir):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from tabulate import tabulate
+
+    os.makedirs(outdir, exist_ok=True)
+    for name, data in (("results.csv", rows), ("targets.csv", targets)):
+        if data:
+            with open(os.path.join(outdir, name), "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(data[0]))
+                writer.writeheader()
+                writer.writerows(data)
+    print(tabulate(rows, headers="keys", tablefmt="github"))
+    print()
+    print(tabulate(targets, headers="keys", tablefmt="github"))
+
+    shapes = sorted({r["shape"] for r in rows}, key=list(SHAPES).index)
+    metrics = [("saved_mb", "graph kept for backward (MB)"), ("peak_mb", "peak memory (MB)")]
+    metrics.append(("step_ms", "training step (ms)"))
+    fig, axes = plt.subplots(len(shapes), 3, figsize=(15, 4 * len(shapes)), squeeze=False)
+    for i, shape in enumerate(shapes):
+        for j, (key, label) in enumerate(metrics):
+            ax = axes[i][j]
+            for grad in dict.fromkeys(r["grad"] for r in rows):
+                pts = [
+                    (r["timesteps"], r[key])
+                    for r in rows
+                    if (r["shape"], r["grad"]) == (shape, grad)
+                ]
+                ax.plot(*zip(*pts), marker="o", label=grad)
+            ax.set_xlabel("timesteps N")
+            ax.set_ylabel(label)
+            ax.set_title(f"{shape} {SHAPES[shape]} on {rows[0]['device']}")
+            ax.grid(alpha=0.3)
+            ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(outdir, "benchmark.png"), dpi=100)
+    print(f"\nwrote {outdir}/results.csv, targets.csv, benchmark.png")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    rows = run_all(args)
+    targets = check_targets(rows)
+    write_outputs(rows, targets, args.output_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
