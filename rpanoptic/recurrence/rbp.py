@@ -58,7 +58,7 @@ def neumann_series(
         g (shaped like v), diverged (bool per group: the safeguard fired) and terms (int per
         group: how many terms after the first were added). All stay on v's device.
     """
-    g, term = v, v
+    g, term = v.clone(), v  # g is accumulated in place
     first = group_norm(v, coupled)
     active = torch.ones_like(first, dtype=torch.bool)
     diverged = torch.zeros_like(active)
@@ -69,11 +69,13 @@ def neumann_series(
         ok = torch.isfinite(size) & (size <= first)
         diverged |= active & ~ok
         active &= ok
-        g = torch.where(expand_as(active, g), g + term, g)
+        # Masking with where (not a product) also clears inf/nan terms of diverged samples; the
+        # masked term feeds the next product, so stopped samples stay at zero.
+        term = torch.where(expand_as(active, term), term, 0.0)
+        g += term
         terms += active
         if rtol > 0:
             active &= size > rtol * group_norm(g, coupled)
-        term = torch.where(expand_as(active, term), term, torch.zeros_like(term))
     return g, diverged, terms
 
 
