@@ -1,6 +1,12 @@
-"""rpanoptic: recurrent Panoptic FPN (hGRU layers trained with C-RBP) for Detectron2."""
+"""rpanoptic: recurrent Panoptic FPN (hGRU layers trained with C-RBP) for Detectron2.
 
+``import rpanoptic`` registers the Detectron2 components (the ``modeling`` import below does
+it); then ``add_rpanoptic_config(cfg)`` adds the config keys.
+"""
+
+from . import modeling  # noqa: F401  (registers build_resnet_rfpn_backbone and the mask head)
+from .config import add_rpanoptic_config
 from .recurrence import HGRUCell, Recurrence
 
 __version__ = "0.1.0"
-__all__ = ["HGRUCell", "Recurrence"]
+__all__ = ["add_rpanoptic_config", "HGRUCell", "Recurrence", "modeling"]

@@ -19,12 +19,12 @@ bfloat16 (their errors compound over steps). The output is then float32; the sur
 autocast region casts it where it is used.
 """
 
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
-from ._batch import batch_coupled, expand_as, group_norm
+from ._batch import batch_coupled, expand_as, frozen_running_stats, group_norm
 from .diagnostics import fixed_point_residual, spectral_radius
 from .lcp import lcp_penalty
 from .rbp import ImplicitStep, ImplicitStepOptions
@@ -97,6 +97,8 @@ class Recurrence(nn.Module):
         test_timesteps: steps run at inference; 0 means ``timesteps``.
         halt_tol: relative-change tolerance of per-sample halting at inference; 0 disables.
         neumann_rtol: relative tolerance that stops the Neumann series early (0 disables).
+        check_finite: after each forward, check the final state and raise FloatingPointError
+            naming the layer (``name``) and the first non-finite step (one host sync).
 
     After a training forward in "cbptt"/"crbp", ``lcp`` holds the penalty (a scalar tensor in the
     graph); otherwise it is None. After any forward, ``steps`` holds the steps taken per sample,
@@ -114,6 +116,7 @@ class Recurrence(nn.Module):
         test_timesteps: int = 0,
         halt_tol: float = 0.0,
         neumann_rtol: float = 0.0,
+        check_finite: bool = False,
     ):
         super().__init__()
         _check("grad", grad, grad in _TRAINING, " | ".join(repr(m) for m in GRAD_MODES))
@@ -152,12 +155,17 @@ class Recurrence(nn.Module):
         self.timesteps, self.grad, self.neumann_steps = timesteps, grad, neumann_steps
         self.lcp_tau, self.test_timesteps, self.halt_tol = float(lcp_tau), test_timesteps, halt_tol
         self.neumann_rtol = float(neumann_rtol)
+        self.check_finite = bool(check_finite)
+        self.name = "recurrence"  # set to the module path by rpanoptic.modeling.recurrent_layers
+        self.lcp_collected = False  # set by rpanoptic.engine.LCPHook
         self.lcp: Optional[torch.Tensor] = None
         self.steps: Optional[torch.Tensor] = None
         self.keep_state = False
         self.last_input: Optional[torch.Tensor] = None
         self.last_state: Optional[torch.Tensor] = None
         self._neumann_stats: Optional[torch.Tensor] = None
+        self.sweep_count: Optional[int] = None
+        self._sweep: Optional[dict] = None
 
     @property
     def constrained(self) -> bool:
@@ -171,37 +179,109 @@ class Recurrence(nn.Module):
         """
         if x.dtype in (torch.float16, torch.bfloat16):
             x = x.float()
-        h = torch.zeros_like(x) if h0 is None else h0.to(x.dtype)
+        if x.shape[0] == 0:  # e.g. no RoI in an image: keep the graph connected, do nothing
+            return self._empty(x)
+        start = torch.zeros_like(x) if h0 is None else h0.to(x.dtype)
         with torch.autocast(x.device.type, enabled=False):
             if self.training and torch.is_grad_enabled():
-                h, self.lcp = _TRAINING[self.grad](self, x, h)
+                h, self.lcp = _TRAINING[self.grad](self, x, start)
                 self.steps = torch.full((x.shape[0],), self.timesteps, device=x.device)
             else:
                 self.lcp = None
-                h, self.steps = self._infer(x, h)
+                h, self.steps = self._infer(x, start, cacheable=h0 is None)
+        if self.check_finite and not torch.isfinite(h).all():
+            self._raise_nonfinite(x, start)
         if self.keep_state:
             self.last_input, self.last_state = x.detach(), h.detach()
         return h
 
-    @torch.no_grad()
-    def _infer(self, x: torch.Tensor, h: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def _empty(self, x: torch.Tensor) -> torch.Tensor:
+        # Zero-valued, but connected to x and every parameter, so that a data-parallel wrapper
+        # sees every parameter take part in the step even when a rank has nothing to process.
+        zero = sum(p.sum() for p in self.cell.parameters()) * 0.0
+        training = self.training and torch.is_grad_enabled()
+        self.lcp = zero if training and self.constrained else None
+        self.steps = torch.zeros(0, dtype=torch.long, device=x.device)
+        return x * 0.0 + zero
+
+    def _infer(self, x, h, cacheable: bool) -> Tuple[torch.Tensor, torch.Tensor]:
         limit = self.test_timesteps or self.timesteps
+        if self._sweep is None or self.sweep_count is None:
+            h, steps, _ = self._iterate(x, h, limit)
+            return h, steps
+        # Sweep mode: one run to the largest count per input, answered from the cache.
+        cache = self._sweep
+        same = cache["x"] is not None and cache["x"].shape == x.shape and torch.equal(cache["x"], x)
+        if not (cacheable and same):
+            _, _, cache["states"] = self._iterate(x, h, max(cache["counts"]), cache["counts"])
+            cache["x"] = x if cacheable else None
+        return cache["states"][self.sweep_count]
+
+    @torch.no_grad()
+    def _iterate(self, x, h, limit: int, record=()):
+        """Run ``limit`` steps without a graph, halting per sample when ``halt_tol > 0``.
+
+        Returns the final state, the steps per sample (B,) and {t: (h_t, steps_t)} for t in
+        ``record`` (a halted sample keeps its state, so later counts repeat it).
+        """
         steps = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-        if self.halt_tol <= 0:
-            for _ in range(limit):
-                h = self.cell(x, h)
-            return h, steps + limit
-        coupled = batch_coupled(self.cell)
         active = torch.ones_like(steps, dtype=torch.bool)
-        for _ in range(limit):
+        coupled = batch_coupled(self.cell)
+        saved = {}
+        for t in range(1, limit + 1):
             h_next = self.cell(x, h)
-            change = group_norm(h_next - h, coupled) / group_norm(h, coupled).clamp_min(1e-12)
-            h = torch.where(expand_as(active, h), h_next, h)
-            steps += active
-            active &= (change >= self.halt_tol).expand_as(active)
-            if not active.any():  # one host sync per step, at inference only
+            if self.halt_tol > 0:
+                change = group_norm(h_next - h, coupled) / group_norm(h, coupled).clamp_min(1e-12)
+                h = torch.where(expand_as(active, h), h_next, h)
+                steps += active
+                active &= (change >= self.halt_tol).expand_as(active)
+            else:
+                h = h_next
+                steps += 1
+            if t in record:
+                saved[t] = (h, steps.clone())
+            if self.halt_tol > 0 and not active.any():  # one host sync per step, inference only
                 break
-        return h, steps
+        for t in record:
+            saved.setdefault(t, (h, steps.clone()))
+        return h, steps, saved
+
+    def set_sweep(self, counts: Optional[Sequence[int]]) -> None:
+        """Enter (a list of step counts) or leave (None) sweep mode.
+
+        In sweep mode an inference forward runs the recurrence once to ``max(counts)`` for a
+        given input, keeps the state at every count, and returns the state at
+        ``sweep_count``; calling again with an equal input and another ``sweep_count`` reads
+        the cache instead of iterating again. Used to evaluate several step counts in one pass.
+        """
+        if counts is None:
+            self._sweep, self.sweep_count = None, None
+            return
+        counts = sorted({int(c) for c in counts})
+        if not counts or counts[0] < 1:
+            raise ValueError(f"Recurrence.set_sweep: counts must be integers >= 1, got {counts}.")
+        self._sweep = {"counts": counts, "x": None, "states": None}
+        self.sweep_count = counts[-1]
+
+    @torch.no_grad()
+    def _raise_nonfinite(self, x: torch.Tensor, h: torch.Tensor) -> None:
+        if not torch.isfinite(x).all():
+            where = "its input x is already non-finite (step 0)"
+        else:
+            limit = self.timesteps if self.training else (self.test_timesteps or self.timesteps)
+            step = limit
+            with frozen_running_stats(self.cell):
+                for t in range(1, limit + 1):
+                    h = self.cell(x, h)
+                    if not torch.isfinite(h).all():
+                        step = t
+                        break
+            where = f"its state became non-finite at step {step} of {limit}"
+        raise FloatingPointError(
+            f"Recurrence {self.name!r} (grad={self.grad!r}) diverged: {where}. Lower the learning "
+            "rate, raise MODEL.RECURRENT.LCP_WEIGHT or lower LCP_TAU to keep it contractive, or "
+            "check the input data for NaN/inf."
+        )
 
     def neumann_stats(self, device: torch.device) -> torch.Tensor:
         """The running [fallbacks, terms, series] counters of RBP backward passes, on device."""

@@ -1,0 +1,53 @@
+"""Config keys of rpanoptic, added to a Detectron2 (yacs) config by :func:`add_rpanoptic_config`."""
+
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_rpanoptic_config"]
+
+
+def add_rpanoptic_config(cfg: CN) -> CN:
+    """Add every rpanoptic key with its default. Idempotent: a second call changes nothing.
+
+    Values are validated when the model is built (see ``rpanoptic.modeling.recurrence``).
+    """
+    if "RECURRENT" in cfg.MODEL:
+        return cfg
+    cfg.MODEL.RECURRENT = CN()
+    # Learning mode: "bptt" | "cbptt" | "rbp" | "crbp" (C-RBP).
+    cfg.MODEL.RECURRENT.GRAD = "crbp"
+    # N, the number of recurrent steps during training.
+    cfg.MODEL.RECURRENT.TIMESTEPS = 20
+    # Steps at inference; 0 means TIMESTEPS.
+    cfg.MODEL.RECURRENT.TEST_TIMESTEPS = 0
+    # K, terms of the Neumann series after the first (rbp/crbp).
+    cfg.MODEL.RECURRENT.NEUMANN_STEPS = 15
+    # Stop the Neumann series once terms are this small relative to the sum; 0 disables.
+    cfg.MODEL.RECURRENT.NEUMANN_RTOL = 0.0
+    # Weight of loss_lcp, the Lipschitz coefficient penalty (cbptt/crbp).
+    cfg.MODEL.RECURRENT.LCP_WEIGHT = 1.0
+    # tau of the penalty: the bound on the Jacobian's column sums.
+    cfg.MODEL.RECURRENT.LCP_TAU = 0.9
+    # Relative-change tolerance of per-sample halting at inference; 0 disables.
+    cfg.MODEL.RECURRENT.HALT_TOL = 0.0
+    # Raise FloatingPointError naming the layer and step when a state becomes non-finite.
+    cfg.MODEL.RECURRENT.CHECK_FINITE = True
+    # Log recurrence diagnostics (residual, spectral radius, ...) every this many iters; 0: never.
+    cfg.MODEL.RECURRENT.DIAGNOSTICS_PERIOD = 100
+
+    # DistributedDataParallel's find_unused_parameters (off: every parameter is used each step).
+    cfg.MODEL.DDP_FIND_UNUSED_PARAMETERS = False
+
+    cfg.MODEL.HGRU = CN()
+    # Size of the inhibition and excitation kernels (odd).
+    cfg.MODEL.HGRU.KERNEL_SIZE = 3
+    # Normalisation inside the cell: "GN", "BN", "SyncBN" or "" (none).
+    cfg.MODEL.HGRU.NORM = "GN"
+    # Groups of GroupNorm when NORM is "GN"; must divide the channels.
+    cfg.MODEL.HGRU.GN_GROUPS = 32
+    # Non-linearity: "softplus", "relu" or "tanh".
+    cfg.MODEL.HGRU.NONLINEARITY = "softplus"
+
+    cfg.MODEL.RFPN = CN()
+    # FPN levels that get an hGRU recurrence (build_resnet_rfpn_backbone).
+    cfg.MODEL.RFPN.LEVELS = ["p2", "p3", "p4", "p5"]
+    return cfg

@@ -1,0 +1,130 @@
+"""LCPHook: adds the Lipschitz coefficient penalty to the training loss and logs diagnostics."""
+
+import logging
+from typing import Dict, Optional
+
+import torch
+from detectron2.engine import HookBase
+
+from ..modeling.recurrence import recurrent_layers
+from ..recurrence import Recurrence
+
+__all__ = ["LCPHook"]
+
+logger = logging.getLogger(__name__)
+
+
+class LCPHook(HookBase):
+    """Turns BPTT/RBP into C-BPTT/C-RBP for any Detectron2 trainer.
+
+    Adds ``loss_lcp = lcp_weight * sum of every recurrent layer's .lcp`` to the loss dict the
+    model returns in training (a forward hook on the model, inside DDP when wrapped, so the
+    trainer sums it like any other loss), and every ``period`` iterations puts per-layer
+    diagnostics in the event storage (so TensorBoard and metrics.json) under
+    ``recurrent/<layer>/<metric>``: fixed-point residual, spectral-radius estimate, Neumann
+    fallbacks, mean Neumann terms, steps and the layer's penalty.
+
+    Args:
+        cfg: reads MODEL.RECURRENT.LCP_WEIGHT and DIAGNOSTICS_PERIOD when given; otherwise
+            ``lcp_weight`` and ``period``.
+        power_iters: vector-Jacobian products of the spectral-radius estimate.
+        max_samples: diagnostics look at the first this many samples of a layer's batch.
+    """
+
+    def __init__(
+        self,
+        cfg=None,
+        *,
+        lcp_weight: float = 1.0,
+        period: int = 100,
+        power_iters: int = 10,
+        max_samples: int = 4,
+    ):
+        if cfg is not None:
+            lcp_weight = cfg.MODEL.RECURRENT.LCP_WEIGHT
+            period = cfg.MODEL.RECURRENT.DIAGNOSTICS_PERIOD
+        self.lcp_weight, self.period = float(lcp_weight), int(period)
+        self.power_iters, self.max_samples = power_iters, max_samples
+        self.layers: Dict[str, Recurrence] = {}
+        self._handles = []
+        self._checked = False
+
+    def before_train(self):
+        model = self.trainer.model
+        inner = getattr(model, "module", model)
+        self.layers = recurrent_layers(inner)
+        if not self.layers:
+            logger.warning("LCPHook: the model has no recurrent layer; loss_lcp is not added.")
+            return
+        for layer in self.layers.values():
+            layer.lcp_collected = True
+        self._handles = [
+            inner.register_forward_pre_hook(self._clear_penalties),
+            inner.register_forward_hook(self._add_penalty),
+        ]
+
+    def after_train(self):
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        for layer in self.layers.values():
+            layer.lcp_collected = False
+
+    def _clear_penalties(self, module, inputs):
+        for layer in self.layers.values():  # a layer not run in this forward must add nothing
+            layer.lcp = None
+
+    def _add_penalty(self, module, inputs, output):
+        if not (module.training and torch.is_grad_enabled() and isinstance(output, dict)):
+            return None
+        penalties = [layer.lcp for layer in self.layers.values() if layer.lcp is not None]
+        if not penalties:
+            return None
+        loss = self.lcp_weight * torch.stack(penalties).sum()
+        if not self._checked:
+            if not loss.requires_grad:
+                raise RuntimeError(
+                    "LCPHook: loss_lcp has no gradient path to the recurrent parameters (are they "
+                    "frozen, or is the model run under torch.no_grad?); C-RBP cannot train them."
+                )
+            self._checked = True
+        output = dict(output)
+        output["loss_lcp"] = loss
+        return output
+
+    def _due(self, iteration: int) -> bool:
+        return self.period > 0 and (iteration + 1) % self.period == 0
+
+    def before_step(self):
+        keep = self._due(self.trainer.iter)
+        for layer in self.layers.values():
+            layer.keep_state = keep
+
+    def after_step(self):
+        if not self._due(self.trainer.iter):
+            return
+        storage = self.trainer.storage
+        for name, layer in self.layers.items():
+            scalars = self._diagnostics(layer)
+            for metric, value in scalars.items():
+                storage.put_scalar(f"recurrent/{name}/{metric}", value, smoothing_hint=False)
+            layer.keep_state = False
+            layer.last_input = layer.last_state = None
+            layer.reset_neumann_stats()
+
+    def _diagnostics(self, layer: Recurrence) -> Dict[str, float]:
+        if layer.last_state is None or layer.last_state.shape[0] == 0:
+            return {}
+        n = self.max_samples
+        d = layer.diagnostics(layer.last_input[:n], layer.last_state[:n], self.power_iters)
+        out = {
+            "residual": d["residual"].mean(),
+            "spectral_radius": d["spectral_radius"].max(),
+            "neumann_fallbacks": d["neumann_fallbacks"],
+            "neumann_terms": d["neumann_terms"],
+            "steps": d["steps"],
+        }
+        lcp: Optional[torch.Tensor] = layer.lcp
+        if lcp is not None:
+            out["lcp"] = lcp.detach()
+        return {k: float(v) for k, v in out.items()}

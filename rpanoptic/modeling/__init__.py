@@ -1,0 +1,19 @@
+"""Detectron2 components built on the recurrence engine. Importing this module registers
+``build_resnet_rfpn_backbone`` (BACKBONE_REGISTRY) and ``RecurrentMaskRCNNConvUpsampleHead``
+(ROI_MASK_HEAD_REGISTRY)."""
+
+from .build import build_model
+from .mask_head import RecurrentMaskRCNNConvUpsampleHead
+from .recurrence import build_recurrence, recurrent_layers, validate_recurrent_config
+from .rfpn import RFPN, RecurrentLevel, build_resnet_rfpn_backbone
+
+__all__ = [
+    "build_model",
+    "build_recurrence",
+    "recurrent_layers",
+    "validate_recurrent_config",
+    "RFPN",
+    "RecurrentLevel",
+    "build_resnet_rfpn_backbone",
+    "RecurrentMaskRCNNConvUpsampleHead",
+]

@@ -1,0 +1,30 @@
+"""``build_model`` with rpanoptic's checks: config validation and a helpful registry miss."""
+
+from detectron2.modeling import build_model as d2_build_model
+
+from .recurrence import recurrent_layers, validate_recurrent_config
+
+__all__ = ["build_model"]
+
+OUR_NAMES = ("build_resnet_rfpn_backbone", "RecurrentMaskRCNNConvUpsampleHead")
+
+
+def build_model(cfg):
+    """Validate MODEL.RECURRENT / MODEL.HGRU, build the model, and name its recurrences.
+
+    A registry miss for one of rpanoptic's names raises KeyError saying to import rpanoptic
+    (which registers them) before building the model.
+    """
+    validate_recurrent_config(cfg)
+    try:
+        model = d2_build_model(cfg)
+    except KeyError as e:
+        if any(name in str(e) for name in OUR_NAMES):
+            raise KeyError(
+                f"{e.args[0] if e.args else e} rpanoptic's components are registered when the "
+                "package is imported: import rpanoptic before build_model (also in every worker "
+                "process)."
+            ) from e
+        raise
+    recurrent_layers(model)
+    return model

@@ -1,0 +1,128 @@
+"""Build recurrences from a Detectron2 config, validate their keys, and find them in a model."""
+
+import logging
+from typing import Dict
+
+from torch import nn
+
+from ..recurrence import GRAD_MODES, HGRUCell, Recurrence
+from ..recurrence.hgru import NONLINEARITIES, NORMS
+
+__all__ = ["build_recurrence", "validate_recurrent_config", "recurrent_layers", "warn_unhooked_lcp"]
+
+logger = logging.getLogger(__name__)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# key -> (check, allowed values as told to the user)
+_RULES = {
+    "MODEL.RECURRENT.GRAD": (lambda v: v in GRAD_MODES, " | ".join(map(repr, GRAD_MODES))),
+    "MODEL.RECURRENT.TIMESTEPS": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "MODEL.RECURRENT.TEST_TIMESTEPS": (
+        lambda v: _is_int(v) and v >= 0,
+        "an integer >= 0 (0 means TIMESTEPS)",
+    ),
+    "MODEL.RECURRENT.NEUMANN_STEPS": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "MODEL.RECURRENT.NEUMANN_RTOL": (lambda v: _is_num(v) and 0 <= v < 1, "0 <= value < 1"),
+    "MODEL.RECURRENT.LCP_WEIGHT": (lambda v: _is_num(v) and v >= 0, "a number >= 0"),
+    "MODEL.RECURRENT.LCP_TAU": (lambda v: _is_num(v) and v > 0, "a number > 0 (paper: 0.9)"),
+    "MODEL.RECURRENT.HALT_TOL": (lambda v: _is_num(v) and v >= 0, "a number >= 0 (0 disables)"),
+    "MODEL.RECURRENT.DIAGNOSTICS_PERIOD": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "MODEL.HGRU.KERNEL_SIZE": (lambda v: _is_int(v) and v >= 1 and v % 2 == 1, "an odd integer"),
+    "MODEL.HGRU.NORM": (lambda v: v in NORMS, " | ".join(map(repr, NORMS))),
+    "MODEL.HGRU.GN_GROUPS": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "MODEL.HGRU.NONLINEARITY": (
+        lambda v: v in NONLINEARITIES,
+        " | ".join(map(repr, NONLINEARITIES)),
+    ),
+}
+
+
+def _get(cfg, key: str):
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def validate_recurrent_config(cfg) -> None:
+    """Raise ValueError naming the key, the value and the allowed values for a bad setting."""
+    if "RECURRENT" not in cfg.MODEL:
+        raise ValueError(
+            "The config has no MODEL.RECURRENT: call rpanoptic.add_rpanoptic_config(cfg) before "
+            "merging an rpanoptic config file."
+        )
+    for key, (ok, allowed) in _RULES.items():
+        value = _get(cfg, key)
+        if not ok(value):
+            raise ValueError(f"Config {key} = {value!r} is invalid; allowed: {allowed}.")
+
+
+def build_recurrence(cfg, channels: int) -> Recurrence:
+    """A :class:`Recurrence` of an :class:`HGRUCell` with ``channels``, as MODEL.RECURRENT and
+    MODEL.HGRU say. Reads: MODEL.RECURRENT.{GRAD, TIMESTEPS, TEST_TIMESTEPS, NEUMANN_STEPS,
+    NEUMANN_RTOL, LCP_TAU, HALT_TOL, CHECK_FINITE}, MODEL.HGRU.{KERNEL_SIZE, NORM, GN_GROUPS,
+    NONLINEARITY}."""
+    validate_recurrent_config(cfg)
+    r, g = cfg.MODEL.RECURRENT, cfg.MODEL.HGRU
+    if g.NORM == "GN" and channels % g.GN_GROUPS != 0:
+        raise ValueError(
+            f"Config MODEL.HGRU.GN_GROUPS = {g.GN_GROUPS} does not divide the recurrent layer's "
+            f"{channels} channels; allowed: a divisor of {channels}."
+        )
+    cell = HGRUCell(
+        channels,
+        kernel_size=g.KERNEL_SIZE,
+        norm=g.NORM,
+        nonlinearity=g.NONLINEARITY,
+        timesteps=r.TIMESTEPS,
+        gn_groups=g.GN_GROUPS,
+    )
+    return Recurrence(
+        cell,
+        r.TIMESTEPS,
+        grad=r.GRAD,
+        neumann_steps=r.NEUMANN_STEPS,
+        lcp_tau=r.LCP_TAU,
+        test_timesteps=r.TEST_TIMESTEPS,
+        halt_tol=r.HALT_TOL,
+        neumann_rtol=r.NEUMANN_RTOL,
+        check_finite=r.CHECK_FINITE,
+    )
+
+
+def recurrent_layers(model: nn.Module) -> Dict[str, Recurrence]:
+    """Every :class:`Recurrence` in ``model`` (unwrapping DDP), by module path.
+
+    Also sets each one's ``name`` to its path, used in logs and error messages.
+    """
+    model = getattr(model, "module", model)
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, Recurrence)}
+    for name, layer in layers.items():
+        layer.name = name
+    return layers
+
+
+_warned = set()
+
+
+def warn_unhooked_lcp(recurrence: Recurrence) -> None:
+    """Warn once per process when a constrained mode trains with no LCPHook to use its penalty."""
+    if recurrence.training and recurrence.constrained and not recurrence.lcp_collected:
+        if recurrence.grad not in _warned:
+            _warned.add(recurrence.grad)
+            plain = {"cbptt": "bptt", "crbp": "rbp"}[recurrence.grad]
+            logger.warning(
+                "MODEL.RECURRENT.GRAD=%r computes the Lipschitz coefficient penalty, but no "
+                "rpanoptic.engine.LCPHook adds it to the loss: this trains plain %s. Register "
+                "LCPHook(cfg) with your trainer (rpanoptic.engine.Trainer does).",
+                recurrence.grad,
+                plain,
+            )

@@ -1,0 +1,128 @@
+"""The recurrent FPN backbone: ResNet + FPN with an hGRU recurrence at chosen levels."""
+
+from typing import Dict, List, Optional
+
+import torch
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import BACKBONE_REGISTRY
+from detectron2.modeling.backbone import FPN
+from detectron2.modeling.backbone.fpn import LastLevelMaxPool
+from detectron2.modeling.backbone.resnet import build_resnet_backbone
+from torch import nn
+
+from .recurrence import build_recurrence, warn_unhooked_lcp
+
+__all__ = ["RecurrentLevel", "RFPN", "build_resnet_rfpn_backbone"]
+
+
+class RecurrentLevel(nn.Module):
+    """p -> p + scale * h_N, where h_N is the state of a recurrence driven by the FPN level p.
+
+    ``scale`` is a per-channel parameter initialised to zero, so a freshly built level is the
+    identity: a model loaded from a feed-forward checkpoint starts as exactly that model, and
+    training moves the recurrence in (the zero-initialised residual of ReZero/LayerScale).
+    """
+
+    def __init__(self, recurrence: nn.Module, channels: int):
+        super().__init__()
+        self.recurrence = recurrence
+        self.scale = nn.Parameter(torch.zeros(1, channels, 1, 1))
+
+    def forward(self, p: torch.Tensor) -> torch.Tensor:
+        warn_unhooked_lcp(self.recurrence)
+        return p + self.scale * self.recurrence(p)
+
+
+class RFPN(FPN):
+    """An :class:`FPN` whose levels in ``recurrences`` pass through a :class:`RecurrentLevel`.
+
+    Parameter names of the plain FPN are kept (``bottom_up.*``, ``fpn_lateral*``,
+    ``fpn_output*``); the recurrent ones live under ``rfpn.<level>.*``. When the top block
+    (p6 in Panoptic FPN) is made from an FPN level, it is made from the recurrent one.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        bottom_up: nn.Module,
+        in_features: List[str],
+        out_channels: int,
+        norm: str = "",
+        top_block: Optional[nn.Module] = None,
+        fuse_type: str = "sum",
+        square_pad: int = 0,
+        *,
+        recurrences: Dict[str, nn.Module],
+    ):
+        """
+        Args:
+            bottom_up, in_features, out_channels, norm, top_block, fuse_type, square_pad: as
+                :class:`detectron2.modeling.backbone.FPN`.
+            recurrences: level name (e.g. "p3") -> a module ``forward(x) -> h`` of the same
+                shape, typically a :class:`rpanoptic.recurrence.Recurrence`.
+        """
+        super().__init__(
+            bottom_up, in_features, out_channels, norm, top_block, fuse_type, square_pad
+        )
+        unknown = [lvl for lvl in recurrences if lvl not in self._out_features]
+        if unknown:
+            raise ValueError(
+                f"Config MODEL.RFPN.LEVELS = {list(recurrences)} names {unknown}, which this FPN "
+                f"does not produce; allowed: {self._out_features}."
+            )
+        self.rfpn = nn.ModuleDict(
+            {lvl: RecurrentLevel(rec, out_channels) for lvl, rec in recurrences.items()}
+        )
+        self.sweep_cache: Optional[dict] = None
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: ShapeSpec):
+        out_channels = cfg.MODEL.FPN.OUT_CHANNELS
+        return {
+            "bottom_up": build_resnet_backbone(cfg, input_shape),
+            "in_features": cfg.MODEL.FPN.IN_FEATURES,
+            "out_channels": out_channels,
+            "norm": cfg.MODEL.FPN.NORM,
+            "top_block": LastLevelMaxPool(),
+            "fuse_type": cfg.MODEL.FPN.FUSE_TYPE,
+            "recurrences": {
+                lvl: build_recurrence(cfg, out_channels) for lvl in cfg.MODEL.RFPN.LEVELS
+            },
+        }
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Args: x (B, 3, H, W). Returns {level: (B, C, H / stride, W / stride)}."""
+        out = dict(self._feedforward(x))
+        top = self.top_block
+        top_levels = []
+        if top is not None and top.in_feature in self._out_features:
+            top_levels = self._out_features[len(self._out_features) - top.num_levels :]
+        for name in self._out_features:
+            if top_levels and name == top_levels[0]:
+                # Levels made by the top block (p6) come from the recurrent output of its input.
+                out.update(zip(top_levels, top(out[top.in_feature])))
+            if name in self.rfpn:
+                out[name] = self.rfpn[name](out[name])
+        return out
+
+    def _feedforward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        # In a timestep sweep the same image is run once per step count: reuse its FPN outputs.
+        cache = self.sweep_cache
+        if cache is not None and "x" in cache and cache["x"].shape == x.shape:
+            if torch.equal(cache["x"], x):
+                return cache["features"]
+        features = super().forward(x)
+        if cache is not None:
+            cache.update(x=x, features=features)
+        return features
+
+
+@BACKBONE_REGISTRY.register()
+def build_resnet_rfpn_backbone(cfg, input_shape: ShapeSpec) -> RFPN:
+    """ResNet + FPN with an hGRU recurrence on each level of MODEL.RFPN.LEVELS.
+
+    Reads the keys of ``build_resnet_fpn_backbone`` (MODEL.RESNETS.*, MODEL.FPN.*) and
+    MODEL.RFPN.LEVELS, MODEL.RECURRENT.*, MODEL.HGRU.*.
+    """
+    return RFPN(cfg, input_shape)

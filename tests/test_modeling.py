@@ -1,0 +1,261 @@
+"""Detectron2 integration: registration, configs, checkpoints, the LCP hook, sweep, errors."""
+
+import logging
+
+import pytest
+import torch
+from _detectron import CONFIGS, fake_batch, tiny_cfg
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.modeling import BACKBONE_REGISTRY, ROI_MASK_HEAD_REGISTRY
+
+import rpanoptic
+from rpanoptic.engine import LCPHook
+from rpanoptic.evaluation import sweep_mode
+from rpanoptic.modeling import build_model, recurrent_layers
+from rpanoptic.recurrence import HGRUCell, Recurrence
+
+
+@pytest.fixture(autouse=True)
+def _storage():
+    from detectron2.utils.events import EventStorage
+
+    with EventStorage(0) as storage:  # detectron2's losses log to an event storage
+        yield storage
+
+
+FF = "configs/COCO-PanopticSegmentation/panoptic_fpn_R_50_1x.yaml"
+RFPN = "configs/COCO-PanopticSegmentation/panoptic_rfpn_R_50_crbp20_1x.yaml"
+RMASK = "configs/COCO-PanopticSegmentation/panoptic_rmask_R_50_crbp20_1x.yaml"
+
+
+def test_import_registers_public_names():
+    assert "build_resnet_rfpn_backbone" in BACKBONE_REGISTRY
+    assert "RecurrentMaskRCNNConvUpsampleHead" in ROI_MASK_HEAD_REGISTRY
+    assert rpanoptic.Recurrence is Recurrence and rpanoptic.HGRUCell is HGRUCell
+    cfg = tiny_cfg()
+    assert rpanoptic.add_rpanoptic_config(cfg) is cfg  # idempotent
+    assert cfg.MODEL.RECURRENT.TIMESTEPS == 3
+
+
+def test_shipped_configs_are_covered():
+    assert len(CONFIGS) >= 7
+    assert any("mask_rcnn" in c for c in CONFIGS)
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_config_trains_one_step_and_infers(config):
+    torch.manual_seed(0)
+    cfg = tiny_cfg(config)
+    model = build_model(cfg)
+    layers = recurrent_layers(model)
+    assert bool(layers) == ("rfpn" in config or "rmask" in config)
+    model.train()
+    for layer in layers.values():
+        layer.lcp_collected = True
+    batch = fake_batch()
+    losses = model(batch)
+    if any(layer.constrained for layer in layers.values()):
+        losses["loss_lcp"] = sum(layer.lcp for layer in layers.values())
+    assert all(torch.isfinite(v) for v in losses.values()), losses
+    sum(losses.values()).backward()
+    for name, layer in layers.items():
+        grads = [p.grad for p in layer.parameters()]
+        assert all(g is not None and torch.isfinite(g).all() for g in grads), name
+    model.eval()
+    with torch.no_grad():
+        out = model(batch[:1])
+    key = "panoptic_seg" if "Panoptic" in config else "instances"
+    assert key in out[0]
+
+
+def test_feedforward_checkpoint_loads_and_model_starts_as_feedforward(tmp_path):
+    torch.manual_seed(0)
+    ff = build_model(tiny_cfg(FF)).eval()
+    DetectionCheckpointer(ff, save_dir=str(tmp_path)).save("ff")
+    for config, prefixes in ((RFPN, ("backbone.rfpn.",)), (RMASK, ("roi_heads.mask_head.",))):
+        model = build_model(tiny_cfg(config)).eval()
+        ckpt = DetectionCheckpointer(model).load(str(tmp_path / "ff.pth"))
+        assert ckpt is not None
+        incompatible = DetectionCheckpointer(model)._load_model(
+            {"model": torch.load(tmp_path / "ff.pth", weights_only=True)["model"]}
+        )
+        missing = set(incompatible.missing_keys)
+        assert missing and all(k.startswith(prefixes) for k in missing), sorted(missing)[:5]
+        if config == RFPN:
+            assert all(".rfpn." in k for k in missing)
+            # Zero-initialised residual scales: the loaded RFPN computes the feed-forward model.
+            batch = fake_batch(1)
+            with torch.no_grad():
+                a, b = ff(batch)[0], model(batch)[0]
+            torch.testing.assert_close(a["sem_seg"], b["sem_seg"])
+            torch.testing.assert_close(a["panoptic_seg"][0], b["panoptic_seg"][0])
+
+
+def test_rfpn_parameter_names_keep_fpn_names():
+    names = {n for n, _ in build_model(tiny_cfg(RFPN)).named_parameters()}
+    assert "backbone.fpn_lateral2.weight" in names and "backbone.fpn_output5.weight" in names
+    assert any(n.startswith("backbone.bottom_up.res2") for n in names)
+    assert "backbone.rfpn.p3.scale" in names
+    assert "backbone.rfpn.p5.recurrence.cell.w_inh" in names
+
+
+def test_rfpn_levels_and_p6_from_recurrent_p5():
+    cfg = tiny_cfg(RFPN, "MODEL.RFPN.LEVELS", ["p3", "p5"])
+    model = build_model(cfg)
+    assert set(model.backbone.rfpn) == {"p3", "p5"}
+    for level in model.backbone.rfpn.values():
+        torch.nn.init.constant_(level.scale, 1.0)
+    x = torch.randn(1, 3, 64, 64)
+    out = model.backbone(x)
+    plain = super(type(model.backbone), model.backbone).forward(x)
+    torch.testing.assert_close(out["p2"], plain["p2"])
+    assert not torch.allclose(out["p5"], plain["p5"])
+    torch.testing.assert_close(out["p6"], torch.nn.functional.max_pool2d(out["p5"], 1, 2))
+    with pytest.raises(ValueError, match=r"MODEL.RFPN.LEVELS.*'p7'.*allowed"):
+        build_model(tiny_cfg(RFPN, "MODEL.RFPN.LEVELS", ["p7"]))
+
+
+@pytest.mark.parametrize(
+    "key, value, pattern",
+    [
+        ("MODEL.RECURRENT.GRAD", "tbptt", r"MODEL.RECURRENT.GRAD = 'tbptt'.*'crbp'"),
+        ("MODEL.RECURRENT.TIMESTEPS", 0, r"MODEL.RECURRENT.TIMESTEPS = 0.*>= 1"),
+        ("MODEL.RECURRENT.NEUMANN_STEPS", -1, r"NEUMANN_STEPS = -1"),
+        ("MODEL.RECURRENT.LCP_TAU", 0.0, r"LCP_TAU = 0.0.*> 0"),
+        ("MODEL.RECURRENT.HALT_TOL", -1.0, r"HALT_TOL = -1.0"),
+        ("MODEL.HGRU.NORM", "LN", r"MODEL.HGRU.NORM = 'LN'.*'GN'"),
+        ("MODEL.HGRU.NONLINEARITY", "gelu", r"NONLINEARITY = 'gelu'.*'softplus'"),
+        ("MODEL.HGRU.KERNEL_SIZE", 4, r"KERNEL_SIZE = 4.*odd"),
+        ("MODEL.HGRU.GN_GROUPS", 5, r"GN_GROUPS = 5.*divisor of 32"),
+    ],
+)
+def test_bad_config_values_name_key_value_and_choices(key, value, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        build_model(tiny_cfg(RFPN, key, value))
+
+
+def test_registry_miss_says_to_import_rpanoptic():
+    saved = BACKBONE_REGISTRY._obj_map.pop("build_resnet_rfpn_backbone")
+    try:
+        with pytest.raises(KeyError, match="import rpanoptic before build_model"):
+            build_model(tiny_cfg(RFPN))
+    finally:
+        BACKBONE_REGISTRY._obj_map["build_resnet_rfpn_backbone"] = saved
+
+
+def _hooked(model, weight=2.0):
+    hook = LCPHook(lcp_weight=weight, period=0)
+
+    class _Trainer:  # the two attributes LCPHook uses
+        pass
+
+    hook.trainer = _Trainer()
+    hook.trainer.model = model
+    hook.before_train()
+    return hook
+
+
+@pytest.mark.parametrize("config", [RFPN, RMASK])
+def test_lcp_hook_adds_loss_lcp_with_gradient_to_hgru(config):
+    torch.manual_seed(0)
+    cfg = tiny_cfg(config, "MODEL.RECURRENT.LCP_TAU", 0.1)
+    model = build_model(cfg).train()
+    hook = _hooked(model, weight=2.0)
+    losses = model(fake_batch())
+    layers = recurrent_layers(model)
+    expected = 2.0 * sum(layer.lcp for layer in layers.values())
+    torch.testing.assert_close(losses["loss_lcp"], expected)
+    assert losses["loss_lcp"].item() > 0
+    losses["loss_lcp"].backward()
+    cells = [layer.cell for layer in layers.values()]
+    assert all(c.w_inh.grad is not None and c.w_inh.grad.abs().sum() > 0 for c in cells)
+    hook.after_train()
+    assert "loss_lcp" not in model(fake_batch())
+
+
+def test_lcp_hook_with_plain_simple_trainer_and_ddp_style_wrapper():
+    from detectron2.engine import SimpleTrainer
+
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(RFPN, "MODEL.RECURRENT.LCP_TAU", 0.1)).train()
+
+    class Wrapper(torch.nn.Module):  # exposes .module like DistributedDataParallel
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, *a, **k):
+            return self.module(*a, **k)
+
+    wrapped = Wrapper(model)
+    batches = iter([fake_batch(1, seed=s) for s in range(3)])
+    before = model.backbone.rfpn["p2"].recurrence.cell.w_exc.detach().clone()
+    trainer = SimpleTrainer(wrapped, batches, torch.optim.SGD(model.parameters(), lr=0.1))
+    trainer.register_hooks([LCPHook(lcp_weight=1.0, period=1)])
+    trainer.train(0, 2)
+    history = trainer.storage.history("loss_lcp").values()
+    assert len(history) == 2 and all(v > 0 for v, _ in history)
+    assert not torch.equal(before, model.backbone.rfpn["p2"].recurrence.cell.w_exc)
+    scalars = trainer.storage.latest()
+    for metric in ("residual", "spectral_radius", "neumann_fallbacks", "steps", "lcp"):
+        assert f"recurrent/backbone.rfpn.p2.recurrence/{metric}" in scalars, metric
+
+
+def test_warns_once_without_hook(caplog):
+    from rpanoptic.modeling import recurrence as rec_mod
+
+    rec_mod._warned.clear()
+    model = build_model(tiny_cfg(RFPN)).train()
+    with caplog.at_level(logging.WARNING, logger="rpanoptic"):
+        model(fake_batch(1))
+        model(fake_batch(1))
+    warnings = [r for r in caplog.records if "trains plain rbp" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+def test_sweep_equals_separate_runs():
+    torch.manual_seed(0)
+    counts = [1, 3, 6]
+    for config in (RFPN, RMASK):
+        model = build_model(tiny_cfg(config, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0)).eval()
+        for level in getattr(model.backbone, "rfpn", {}).values():
+            torch.nn.init.constant_(level.scale, 0.5)
+        batch = fake_batch(1)
+        with torch.no_grad(), sweep_mode(model, counts) as set_count:
+            swept = {}
+            for t in counts:
+                set_count(t)
+                swept[t] = model(batch)[0]
+        layers = recurrent_layers(model)
+        for t in counts:
+            for layer in layers.values():
+                layer.test_timesteps = t
+            with torch.no_grad():
+                alone = model(batch)[0]
+            assert torch.equal(swept[t]["panoptic_seg"][0], alone["panoptic_seg"][0]), (config, t)
+            assert torch.equal(swept[t]["sem_seg"], alone["sem_seg"])
+            a, b = swept[t]["instances"], alone["instances"]
+            assert torch.equal(a.pred_masks, b.pred_masks) and torch.equal(a.scores, b.scores)
+        assert not torch.equal(swept[1]["sem_seg"], swept[6]["sem_seg"]) or config == RMASK
+
+
+def test_sweep_runs_each_recurrence_once_per_input():
+    model = build_model(tiny_cfg(RFPN)).eval()
+    calls = []
+    for level in model.backbone.rfpn.values():
+        level.recurrence.cell.register_forward_hook(lambda *a: calls.append(1))
+    with torch.no_grad(), sweep_mode(model, [2, 5]) as set_count:
+        for t in (2, 5):
+            set_count(t)
+            model(fake_batch(1))
+    assert len(calls) == 4 * 5  # 4 levels, one run to the largest count
+
+
+def test_divergence_names_layer_and_step():
+    model = build_model(tiny_cfg(RFPN)).train()
+    cell = model.backbone.rfpn["p4"].recurrence.cell
+    with torch.no_grad():
+        cell.kappa.fill_(1e38)
+        cell.w_exc.mul_(1e30)
+    with pytest.raises(FloatingPointError, match=r"backbone.rfpn.p4.recurrence.*step 1 of 3"):
+        model(fake_batch(1))
