@@ -4,9 +4,10 @@
 it); then ``add_rpanoptic_config(cfg)`` adds the config keys.
 """
 
+from . import data  # noqa: F401  (dataset registration helpers; registers nothing by itself)
 from . import modeling  # noqa: F401  (registers build_resnet_rfpn_backbone and the mask head)
 from .config import add_rpanoptic_config
 from .recurrence import HGRUCell, Recurrence
 
 __version__ = "0.1.0"
-__all__ = ["add_rpanoptic_config", "HGRUCell", "Recurrence", "modeling"]
+__all__ = ["add_rpanoptic_config", "HGRUCell", "Recurrence", "data", "modeling"]

@@ -20,6 +20,8 @@ TINY = [
     "MODEL.WEIGHTS", "",
     "MODEL.RESNETS.DEPTH", 18,
     "MODEL.RESNETS.RES2_OUT_CHANNELS", 64,
+    "MODEL.RESNETS.NORM", "GN",  # trained from scratch: FrozenBN would let activations explode
+    "MODEL.FPN.NORM", "GN",
     "MODEL.FPN.OUT_CHANNELS", 32,
     "MODEL.ROI_MASK_HEAD.CONV_DIM", 32,
     "MODEL.ROI_BOX_HEAD.FC_DIM", 64,

@@ -178,3 +178,65 @@ def test_rbp_gradient_reaches_input_and_parameters_only():
     assert x.grad is not None and x.grad.abs().sum() > 0
     assert h0.grad is None  # the fixed point does not depend on the start state
     assert all(p.grad is not None for p in cell.parameters())
+
+
+def test_sweep_mode_runs_once_and_matches_separate_runs():
+    cell = small_hgru(norm="GN")
+    rec = Recurrence(cell, 3, halt_tol=0.0).eval()
+    x = drive(requires_grad=False)
+    calls = []
+    handle = cell.register_forward_hook(lambda *a: calls.append(1))
+    rec.set_sweep([2, 5, 9])
+    swept = {}
+    for t in (2, 5, 9):
+        rec.sweep_count = t
+        swept[t] = rec(x)
+        assert rec.steps.tolist() == [t, t]
+    assert len(calls) == 9
+    rec.set_sweep(None)
+    handle.remove()
+    for t, h in swept.items():
+        rec.test_timesteps = t
+        assert torch.equal(rec(x), h)
+    with pytest.raises(ValueError, match="counts must be integers >= 1"):
+        rec.set_sweep([0, 2])
+
+
+def test_sweep_mode_with_halting_repeats_the_halted_state():
+    cell = LinearCell(0.5)
+    x = drive(requires_grad=False)
+    x[1] = 0.0
+    rec = Recurrence(cell, 1, halt_tol=1e-3).eval()
+    rec.set_sweep([1, 50])
+    rec.sweep_count = 50
+    h50 = rec(x)
+    rec.set_sweep(None)
+    rec.test_timesteps = 50
+    assert torch.equal(rec(x), h50)
+
+
+@pytest.mark.parametrize("grad", GRAD_MODES)
+def test_non_finite_state_names_layer_and_step(grad):
+    cell = LinearCell(1e30)
+    rec = Recurrence(cell, 6, grad=grad, check_finite=True).train()
+    rec.name = "backbone.rfpn.p3.recurrence"
+    x = drive(dtype=torch.float64)
+    # h_1 = x ~ 1e300 is finite, h_2 = 1e30 h_1 + x overflows float64 (max ~1.8e308).
+    with torch.no_grad():
+        x.mul_(1e300)
+    with pytest.raises(FloatingPointError, match=r"'backbone.rfpn.p3.recurrence'.*step 2 of 6"):
+        rec(x)
+    with pytest.raises(FloatingPointError, match="input x is already non-finite"):
+        rec(torch.full_like(x, float("nan")))
+
+
+@pytest.mark.parametrize("grad", GRAD_MODES)
+def test_empty_batch_keeps_every_parameter_in_the_graph(grad):
+    cell = HGRUCell(8, norm="GN", gn_groups=4)
+    rec = Recurrence(cell, 3, grad=grad).train()
+    x = torch.zeros(0, 8, 5, 5, requires_grad=True)
+    h = rec(x)
+    assert h.shape == x.shape and rec.steps.numel() == 0
+    loss = h.sum() + (rec.lcp if rec.lcp is not None else 0)
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() == 0 for p in cell.parameters())

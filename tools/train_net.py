@@ -36,6 +36,8 @@ def parse_args(argv=None):
     )
     args = parser.parse_args(argv)
     if args.eval_timesteps:
+        if not args.eval_only:
+            parser.error("--eval-timesteps evaluates a trained model: add --eval-only")
         parse_counts(args.eval_timesteps)  # fail before launching workers
     return args
 

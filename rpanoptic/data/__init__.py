@@ -1,0 +1,23 @@
+"""Datasets: registration of COCO-panoptic-format datasets, their checks and stuff PNGs."""
+
+from .panoptic import (
+    load_panoptic_json,
+    load_panoptic_separated,
+    panoptic_metadata,
+    panoptic_to_semantic,
+    register_panoptic_dataset,
+    separate_semantic_from_panoptic,
+    stuff_id_map,
+)
+from .validate import validate_panoptic_dataset
+
+__all__ = [
+    "load_panoptic_json",
+    "load_panoptic_separated",
+    "panoptic_metadata",
+    "panoptic_to_semantic",
+    "register_panoptic_dataset",
+    "separate_semantic_from_panoptic",
+    "stuff_id_map",
+    "validate_panoptic_dataset",
+]
