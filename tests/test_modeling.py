@@ -259,3 +259,34 @@ def test_divergence_names_layer_and_step():
         cell.w_exc.mul_(1e30)
     with pytest.raises(FloatingPointError, match=r"backbone.rfpn.p4.recurrence.*step 1 of 3"):
         model(fake_batch(1))
+
+
+def test_components_build_from_explicit_arguments():
+    """LazyConfig-style construction: no CfgNode, every part passed in."""
+    from detectron2.layers import ShapeSpec
+    from detectron2.modeling.backbone.fpn import LastLevelMaxPool
+    from detectron2.modeling.backbone.resnet import build_resnet_backbone
+
+    from rpanoptic.modeling import RFPN, RecurrentMaskRCNNConvUpsampleHead
+
+    cfg = tiny_cfg(FF)
+    bottom_up = build_resnet_backbone(cfg, ShapeSpec(channels=3))
+    rec = Recurrence(HGRUCell(32, gn_groups=8), timesteps=2, grad="rbp")
+    backbone = RFPN(
+        bottom_up=bottom_up,
+        in_features=["res2", "res3", "res4", "res5"],
+        out_channels=32,
+        top_block=LastLevelMaxPool(),
+        recurrences={"p4": rec},
+    )
+    out = backbone(torch.randn(1, 3, 64, 64))
+    assert list(out) == ["p2", "p3", "p4", "p5", "p6"] and out["p4"].shape[1] == 32
+    head = RecurrentMaskRCNNConvUpsampleHead(
+        ShapeSpec(channels=16, height=14, width=14),
+        num_classes=1,
+        conv_dim=32,
+        recurrence=Recurrence(HGRUCell(32, gn_groups=8), timesteps=2),
+        conv_norm="GN",
+    )
+    assert head.input_proj is not None  # 16 -> 32 channels
+    assert head.layers(torch.randn(3, 16, 14, 14)).shape == (3, 1, 28, 28)
