@@ -5,7 +5,8 @@ For the config and for the baseline it measures: parameters, training-step time 
 --iters after --warmup), peak training memory (GPU: torch.cuda.max_memory_allocated; CPU: the
 growth of the process's peak RSS during a step, each configuration in a fresh process) and
 inference images/s (batch 1). Inputs are synthetic (random images with a few boxes, masks and a
-semantic map) and weights random: nothing is downloaded.
+semantic map) and weights random: nothing is downloaded (ResNet and FPN use GroupNorm, as a
+random ResNet with FrozenBN overflows; pass MODEL.RESNETS.NORM to change it).
 
   python tools/benchmark.py --config-file configs/COCO-PanopticSegmentation/<name>.yaml
   python tools/benchmark.py --config-file ... --steps 1,3,5,10,20,40 --grad bptt,crbp [KEY VALUE]
@@ -82,7 +83,11 @@ def measure(label, config_file, opts, args):
     from rpanoptic.modeling import build_model, recurrent_layers
 
     torch.manual_seed(0)
-    cfg = get_rpanoptic_cfg(config_file, ["MODEL.WEIGHTS", "", "MODEL.DEVICE", args.device, *opts])
+    # Random weights: with the configs' FrozenBN, activations of a random ResNet overflow, so the
+    # bottom-up and FPN use GroupNorm unless the overrides say otherwise.
+    fixed = ["MODEL.WEIGHTS", "", "MODEL.DEVICE", args.device]
+    fixed += ["MODEL.RESNETS.NORM", "GN", "MODEL.FPN.NORM", "GN"]
+    cfg = get_rpanoptic_cfg(config_file, [*fixed, *opts])
     device = torch.device(cfg.MODEL.DEVICE)
     model = build_model(cfg).to(device)
     layers = recurrent_layers(model)
