@@ -5,6 +5,7 @@ import torch
 from _cells import LinearCell, drive, small_hgru
 
 from rpanoptic.recurrence import GRAD_MODES, HGRUCell, Recurrence
+from rpanoptic.recurrence.memory import HostSyncCounter
 
 
 def test_all_modes_give_the_same_forward_output():
@@ -109,29 +110,6 @@ def test_autocast_keeps_recurrence_in_float32():
         torch.testing.assert_close(h, ref, msg=grad)
 
 
-class _SyncCounter:
-    """Counts calls that force a device-to-host synchronisation on a tensor."""
-
-    NAMES = ("item", "__bool__", "__int__", "__float__", "tolist", "cpu", "numpy")
-
-    def __enter__(self):
-        self.count, self.saved = 0, {}
-        for name in self.NAMES:
-            original = getattr(torch.Tensor, name)
-            self.saved[name] = original
-
-            def counted(t, *a, _original=original, **k):
-                self.count += 1
-                return _original(t, *a, **k)
-
-            setattr(torch.Tensor, name, counted)
-        return self
-
-    def __exit__(self, *exc):
-        for name, original in self.saved.items():
-            setattr(torch.Tensor, name, original)
-
-
 @pytest.mark.parametrize("rtol", [0.0, 1e-4])
 @pytest.mark.parametrize("norm", ["GN", "BN"])
 def test_no_host_synchronisation_in_rbp_backward(norm, rtol):
@@ -140,10 +118,10 @@ def test_no_host_synchronisation_in_rbp_backward(norm, rtol):
     x = torch.randn(2, 8, 6, 6, requires_grad=True)
     h = rec(x)
     loss = h.square().mean() + rec.lcp
-    with _SyncCounter() as counter:
+    with HostSyncCounter() as counter:
         loss.backward()
     assert counter.count == 0
-    with _SyncCounter() as counter:  # the counter does see synchronisations
+    with HostSyncCounter() as counter:  # the counter does see synchronisations
         bool(x.sum() > 0)
     assert counter.count == 1
 

@@ -16,13 +16,12 @@ comparison). Prints a table and the goal ratios; writes results.csv, targets.csv
 memory_vs_steps.png to --output-dir.
 """
 import argparse
-import csv
-import multiprocessing as mp
 import os
-import resource
 import statistics
 import sys
 import time
+
+from _bench_common import peak_rss_mb, run_configurations, save_tables
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASELINE = "configs/COCO-PanopticSegmentation/panoptic_fpn_R_50_1x.yaml"
@@ -67,10 +66,6 @@ def synthetic_batch(n, size, num_classes, num_stuff, device, seed=0):
         item = {"image": image.to(device), "instances": inst, "sem_seg": sem}
         batch.append(dict(item, height=size, width=size))
     return batch
-
-
-def _peak_rss_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def measure(label, config_file, opts, args):
@@ -122,13 +117,13 @@ def measure(label, config_file, opts, args):
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
-        base = _peak_rss_mb()
+        base = peak_rss_mb()
     train_step()  # the first step is the memory measurement (CPU peak RSS cannot be reset)
     sync()
     if device.type == "cuda":
         peak = (torch.cuda.max_memory_allocated() - base) / 2**20
     else:
-        peak = _peak_rss_mb() - base
+        peak = peak_rss_mb() - base
     times = []
     for i in range(args.warmup + args.iters):
         sync()
@@ -160,10 +155,6 @@ def measure(label, config_file, opts, args):
     }
 
 
-def _measure_star(task):
-    return measure(*task)
-
-
 def configurations(args):
     """(label, config file, overrides) for the baseline and each recurrent setting."""
     tasks = [("baseline", args.baseline_config, list(args.opts))]
@@ -180,22 +171,8 @@ def configurations(args):
 
 
 def run(args):
-    from tqdm import tqdm
-
     tasks = [(label, cfg, opts, args) for label, cfg, opts in configurations(args)]
-    rows = []
-    bar = tqdm(total=len(tasks), desc="configurations", file=sys.stderr)
-    if args.device == "cpu":
-        with mp.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
-            for row in pool.imap(_measure_star, tasks):
-                rows.append(row)
-                bar.update()
-    else:
-        for task in tasks:
-            rows.append(measure(*task))
-            bar.update()
-    bar.close()
-    return rows
+    return run_configurations(measure, tasks, args.device)
 
 
 def targets(rows):
@@ -242,19 +219,8 @@ def write(rows, goals, outdir):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from tabulate import tabulate
 
-    os.makedirs(outdir, exist_ok=True)
-    for name, data in (("results.csv", rows), ("targets.csv", goals)):
-        if data:
-            with open(os.path.join(outdir, name), "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=list(data[0]))
-                writer.writeheader()
-                writer.writerows(data)
-    print(tabulate(rows, headers="keys", tablefmt="github"))
-    if goals:
-        print()
-        print(tabulate(goals, headers="keys", tablefmt="github"))
+    save_tables(outdir, rows, goals)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, key, label in zip(
         axes, ("train_peak_mb", "train_step_ms"), ("peak memory (MB)", "step (ms)")

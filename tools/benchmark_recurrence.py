@@ -18,16 +18,14 @@ It prints a table, checks the targets below on ratios measured in this one run, 
 Example:  python tools/benchmark_recurrence.py --shapes mask,fpn --repeats 3
 """
 import argparse
-import csv
-import multiprocessing as mp
 import os
-import resource
 import statistics
 import sys
 import time
 
+from _bench_common import peak_rss_mb, run_configurations, save_tables
+
 SHAPES = {"mask": (32, 256, 14, 14), "fpn": (2, 256, 64, 64)}
-SYNC_METHODS = ("item", "__bool__", "__int__", "__float__", "tolist", "cpu", "numpy")
 
 
 def parse_args(argv=None):
@@ -54,41 +52,12 @@ def _rss_mb():
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def _peak_rss_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
-class SyncCounter:
-    """Counts Python-level calls that synchronise a tensor with the host."""
-
-    def __enter__(self):
-        import torch
-
-        self.count, self._saved = 0, {}
-        for name in SYNC_METHODS:
-            original = getattr(torch.Tensor, name)
-            self._saved[name] = original
-
-            def counted(t, *a, _original=original, **k):
-                self.count += 1
-                return _original(t, *a, **k)
-
-            setattr(torch.Tensor, name, counted)
-        return self
-
-    def __exit__(self, *exc):
-        import torch
-
-        for name, original in self._saved.items():
-            setattr(torch.Tensor, name, original)
-
-
 def measure(shape_name, grad, timesteps, args):
     """One configuration (runs in its own process on CPU). Returns a result row."""
     import torch
 
     from rpanoptic.recurrence import HGRUCell, Recurrence
-    from rpanoptic.recurrence.memory import SavedTensorMeter
+    from rpanoptic.recurrence.memory import HostSyncCounter, SavedTensorMeter
 
     torch.manual_seed(0)
     device = torch.device(args.device)
@@ -122,14 +91,14 @@ def measure(shape_name, grad, timesteps, args):
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
-        base = max(_rss_mb(), _peak_rss_mb())
-    counter = SyncCounter()
+        base = max(_rss_mb(), peak_rss_mb())
+    counter = HostSyncCounter()
     saved = step(x, SavedTensorMeter(exclude=cell.parameters()), counter)
     sync()
     if device.type == "cuda":
         peak = (torch.cuda.max_memory_allocated() - base) / 2**20
     else:
-        peak = max(0.0, _peak_rss_mb() - base)
+        peak = max(0.0, peak_rss_mb() - base)
     times = []
     for _ in range(args.repeats):
         cell.zero_grad(set_to_none=True)
@@ -151,10 +120,6 @@ def measure(shape_name, grad, timesteps, args):
     }
 
 
-def _measure_star(task):
-    return measure(*task)
-
-
 def run_all(args):
     tasks = [
         (shape, grad, n, args)
@@ -162,25 +127,7 @@ def run_all(args):
         for grad in args.grads.split(",")
         for n in (int(s) for s in args.steps.split(","))
     ]
-    try:
-        from tqdm import tqdm
-    except ImportError:  # progress bar is optional
-        tqdm = None
-    bar = tqdm(total=len(tasks), desc="configurations", file=sys.stderr) if tqdm else None
-    rows = []
-    if args.device == "cpu":
-        # A fresh process per configuration: peak RSS cannot be reset inside one process.
-        ctx = mp.get_context("spawn")
-        with ctx.Pool(1, maxtasksperchild=1) as pool:
-            for row in pool.imap(_measure_star, tasks):
-                rows.append(row)
-                bar and bar.update()
-    else:
-        for task in tasks:
-            rows.append(measure(*task))
-            bar and bar.update()
-    bar and bar.close()
-    return rows
+    return run_configurations(measure, tasks, args.device)
 
 
 def _find(rows, shape, grad, n):
@@ -232,18 +179,8 @@ def write_outputs(rows, targets, outdir):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from tabulate import tabulate
 
-    os.makedirs(outdir, exist_ok=True)
-    for name, data in (("results.csv", rows), ("targets.csv", targets)):
-        if data:
-            with open(os.path.join(outdir, name), "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=list(data[0]))
-                writer.writeheader()
-                writer.writerows(data)
-    print(tabulate(rows, headers="keys", tablefmt="github"))
-    print()
-    print(tabulate(targets, headers="keys", tablefmt="github"))
+    save_tables(outdir, rows, targets)
 
     shapes = sorted({r["shape"] for r in rows}, key=list(SHAPES).index)
     metrics = [("saved_mb", "graph kept for backward (MB)"), ("peak_mb", "peak memory (MB)")]

@@ -1,4 +1,5 @@
-"""Measure the memory an autograd graph keeps for backward (activation memory).
+"""Instruments for tests and benchmarks: the memory an autograd graph keeps for backward, and
+the host synchronisations a piece of code makes.
 
 :class:`SavedTensorMeter` installs ``torch.autograd.graph.saved_tensors_hooks`` and tracks every
 tensor that an operation saves for backward. Graphs that are built and freed inside the
@@ -12,7 +13,7 @@ from typing import Iterable
 
 import torch
 
-__all__ = ["SavedTensorMeter"]
+__all__ = ["SavedTensorMeter", "HostSyncCounter"]
 
 
 class _Saved:
@@ -62,3 +63,29 @@ class SavedTensorMeter:
             if storage.data_ptr() not in self._exclude:
                 storages[storage.data_ptr()] = storage.nbytes()
         return sum(storages.values())
+
+
+class HostSyncCounter:
+    """Context manager counting Python-level calls that synchronise a tensor with the host
+    (``Tensor.item``, ``__bool__``, ``__int__``, ``__float__``, ``tolist``, ``cpu``, ``numpy``),
+    by patching those methods while it is active: ``with HostSyncCounter() as c: ...; c.count``.
+    """
+
+    METHODS = ("item", "__bool__", "__int__", "__float__", "tolist", "cpu", "numpy")
+
+    def __enter__(self) -> "HostSyncCounter":
+        self.count, self._saved = 0, {}
+        for name in self.METHODS:
+            original = getattr(torch.Tensor, name)
+            self._saved[name] = original
+
+            def counted(t, *a, _original=original, **k):
+                self.count += 1
+                return _original(t, *a, **k)
+
+            setattr(torch.Tensor, name, counted)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for name, original in self._saved.items():
+            setattr(torch.Tensor, name, original)

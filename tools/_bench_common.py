@@ -1,0 +1,58 @@
+"""Pieces shared by the benchmark scripts: isolated runs, peak RSS, tables and CSV files."""
+
+import csv
+import multiprocessing as mp
+import os
+import resource
+import sys
+
+
+def peak_rss_mb() -> float:
+    """The process's peak resident set size so far, in MB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_configurations(fn, tasks, device: str, desc: str = "configurations"):
+    """fn(*task) for each task with a progress bar. On CPU each task runs in a fresh spawned
+    process, because a process's peak RSS cannot be reset; on GPU they run in this process."""
+    from tqdm import tqdm
+
+    rows = []
+    with tqdm(total=len(tasks), desc=desc, file=sys.stderr) as bar:
+        if device == "cpu":
+            with mp.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
+                for row in pool.imap(_Star(fn), tasks):
+                    rows.append(row)
+                    bar.update()
+        else:
+            for task in tasks:
+                rows.append(fn(*task))
+                bar.update()
+    return rows
+
+
+class _Star:
+    """Picklable ``lambda task: fn(*task)`` for Pool.imap."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, task):
+        return self.fn(*task)
+
+
+def save_tables(outdir: str, rows, targets) -> None:
+    """Print rows and targets as tables; write results.csv and targets.csv to outdir."""
+    from tabulate import tabulate
+
+    os.makedirs(outdir, exist_ok=True)
+    for name, data in (("results.csv", rows), ("targets.csv", targets)):
+        if data:
+            with open(os.path.join(outdir, name), "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(data[0]))
+                writer.writeheader()
+                writer.writerows(data)
+    print(tabulate(rows, headers="keys", tablefmt="github"))
+    if targets:
+        print()
+        print(tabulate(targets, headers="keys", tablefmt="github"))
