@@ -1,0 +1,172 @@
+"""Pictures and a short report of a trained model: training curves, panoptic predictions next to
+the ground truth, and one image's prediction as the recurrent steps unfold."""
+
+import json
+import logging
+import os
+from typing import Dict, List, Sequence
+
+import numpy as np
+import torch
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+from detectron2.utils.visualizer import ColorMode, Visualizer
+
+from .sweep import sweep_mode
+
+__all__ = [
+    "plot_training_curves",
+    "predict",
+    "draw_predictions",
+    "draw_unfolding",
+    "write_report",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_training_curves(metrics_json: str, out_png: str) -> List[str]:
+    """Plot every ``loss_*`` and ``total_loss`` of a Detectron2 ``metrics.json`` against the
+    iteration (log scale); returns the plotted keys."""
+    with open(metrics_json) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    records = [r for r in records if "total_loss" in r]
+    keys = sorted({k for r in records for k in r if k.startswith("loss_")}) + ["total_loss"]
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for key in keys:
+        pts = [(r["iteration"], r[key]) for r in records if key in r and r[key] > 0]
+        if pts:
+            ax.plot(*zip(*pts), label=key, lw=2 if key in ("total_loss", "loss_lcp") else 1)
+    ax.set(xlabel="iteration", ylabel="loss", yscale="log", title="training losses")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return keys
+
+
+def _inputs(cfg, record: dict) -> dict:
+    image = utils.read_image(record["file_name"], format=cfg.INPUT.FORMAT)
+    height, width = image.shape[:2]
+    aug = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+    resized = aug.get_transform(image).apply_image(image)
+    tensor = torch.as_tensor(resized.astype("float32").transpose(2, 0, 1))
+    return {"image": tensor, "height": height, "width": width}
+
+
+@torch.no_grad()
+def predict(model, cfg, record: dict) -> dict:
+    """Run ``model`` (eval mode) on the image of a dataset record; returns its output dict."""
+    was_training = model.training
+    model.eval()
+    try:
+        return model([_inputs(cfg, record)])[0]
+    finally:
+        model.train(was_training)
+
+
+def _rgb(record: dict) -> np.ndarray:
+    return utils.read_image(record["file_name"], format="RGB")
+
+
+def _draw(image, metadata, output=None, record=None) -> np.ndarray:
+    vis = Visualizer(image, metadata, instance_mode=ColorMode.IMAGE)
+    if output is not None:
+        panoptic, segments = output["panoptic_seg"]
+        return vis.draw_panoptic_seg(panoptic.cpu(), segments).get_image()
+    from PIL import Image
+
+    ids = np.asarray(Image.open(record["pan_seg_file_name"]), dtype=np.uint32)
+    ids = ids[..., 0] + 256 * ids[..., 1] + 65536 * ids[..., 2]
+    segments = [dict(s) for s in record["segments_info"]]
+    return vis.draw_panoptic_seg(torch.from_numpy(ids.astype(np.int64)), segments).get_image()
+
+
+def _prediction_metadata(dataset: str):
+    # Panoptic FPN predicts stuff with the "_separated" class list (index 0 = all things).
+    separated = dataset + "_separated"
+    return MetadataCatalog.get(separated if separated in DatasetCatalog.list() else dataset)
+
+
+def draw_predictions(model, cfg, dataset: str, out_dir: str, num: int = 4) -> List[str]:
+    """Save ground truth | prediction pictures of the first ``num`` images of ``dataset``
+    (a standard panoptic dataset, with ``pan_seg_file_name``; predictions are drawn with the
+    metadata of ``dataset + "_separated"`` when it exists); returns the PNG paths."""
+    metadata, pred_metadata = MetadataCatalog.get(dataset), _prediction_metadata(dataset)
+    plt = _pyplot()
+    paths = []
+    for record in DatasetCatalog.get(dataset)[:num]:
+        image = _rgb(record)
+        gt = _draw(image, metadata, record=record)
+        pred = _draw(image, pred_metadata, output=predict(model, cfg, record))
+        fig, axes = plt.subplots(1, 2, figsize=(8, 4.3))
+        for ax, picture, title in zip(axes, (gt, pred), ("ground truth", "prediction")):
+            ax.imshow(picture)
+            ax.set_title(title)
+            ax.axis("off")
+        fig.tight_layout()
+        name = os.path.splitext(os.path.basename(record["file_name"]))[0]
+        paths.append(os.path.join(out_dir, f"prediction_{name}.png"))
+        fig.savefig(paths[-1], dpi=100)
+        plt.close(fig)
+    return paths
+
+
+@torch.no_grad()
+def draw_unfolding(model, cfg, record: dict, counts: Sequence[int], out_png: str, dataset: str):
+    """One image's panoptic prediction at each step count in ``counts`` (one recurrent run to
+    the largest count), in a row, with the trained N marked."""
+    metadata = _prediction_metadata(dataset)
+    image = _rgb(record)
+    inputs = [_inputs(cfg, record)]
+    was_training = model.training
+    model.eval()
+    pictures = {}
+    try:
+        with sweep_mode(model, counts) as set_count:
+            for t in counts:
+                set_count(t)
+                pictures[t] = _draw(image, metadata, output=model(inputs)[0])
+    finally:
+        model.train(was_training)
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(counts), figsize=(2.6 * len(counts), 2.9), squeeze=False)
+    trained = cfg.MODEL.RECURRENT.TIMESTEPS
+    for ax, t in zip(axes[0], counts):
+        ax.imshow(pictures[t])
+        ax.set_title(f"t = {t}" + (" (trained N)" if t == trained else ""), fontsize=9)
+        ax.axis("off")
+    fig.suptitle("prediction as the recurrent steps unfold", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+
+
+def write_report(out_dir: str, results: Dict, files: Dict[str, str], notes: str = "") -> str:
+    """Write ``report.md``: the PQ table of ``results['panoptic_seg']`` and where to look."""
+    pq = results.get("panoptic_seg", {})
+    lines = ["# rpanoptic demo report", ""]
+    if notes:
+        lines += [notes, ""]
+    lines += ["| | PQ | SQ | RQ |", "|---|---|---|---|"]
+    for row, suffix in (("all", ""), ("things", "_th"), ("stuff", "_st")):
+        values = [pq.get(m + suffix, float("nan")) for m in ("PQ", "SQ", "RQ")]
+        lines.append(f"| {row} | " + " | ".join(f"{v:.1f}" for v in values) + " |")
+    lines += ["", "Where to look:", ""]
+    for what, path in files.items():
+        lines.append(f"- {what}: `{os.path.relpath(path, out_dir)}`")
+    path = os.path.join(out_dir, "report.md")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
