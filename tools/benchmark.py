@@ -1,12 +1,14 @@
 #!/usr/bin/env python
 """Benchmark a whole model against the feed-forward Panoptic FPN baseline.
 
-For the config and for the baseline it measures: parameters, training-step time (median over
---iters after --warmup), peak training memory (GPU: torch.cuda.max_memory_allocated; CPU: the
-growth of the process's peak RSS during a step, each configuration in a fresh process) and
-inference images/s (batch 1). Inputs are synthetic (random images with a few boxes, masks and a
-semantic map) and weights random: nothing is downloaded (ResNet and FPN use GroupNorm, as a
-random ResNet with FrozenBN overflows; pass MODEL.RESNETS.NORM to change it).
+For the config and for the baseline (same overrides minus the recurrent-only keys) it measures:
+parameters, training-step time (median over --iters after --warmup), peak training memory (GPU:
+torch.cuda.max_memory_allocated growth during a step; CPU: growth of the peak RSS during a step,
+each configuration in a fresh process) and inference images/s (eval, no_grad, batch 1). A
+training step is the losses + LCP_WEIGHT x the recurrent layers' penalties (cbptt/crbp),
+backward and an SGD step. Inputs are synthetic (random images with three boxes/masks and a
+semantic map) and weights random: nothing is downloaded. ResNet and FPN use GroupNorm unless the
+overrides say otherwise, as a random ResNet with FrozenBN overflows.
 
   python tools/benchmark.py --config-file configs/COCO-PanopticSegmentation/<name>.yaml
   python tools/benchmark.py --config-file ... --steps 1,3,5,10,20,40 --grad bptt,crbp [KEY VALUE]
@@ -16,6 +18,7 @@ comparison). Prints a table and the goal ratios; writes results.csv, targets.csv
 memory_vs_steps.png to --output-dir.
 """
 import argparse
+import operator
 import os
 import statistics
 import sys
@@ -25,19 +28,22 @@ from _bench_common import peak_rss_mb, run_configurations, save_tables
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASELINE = "configs/COCO-PanopticSegmentation/panoptic_fpn_R_50_1x.yaml"
+RECURRENT_KEYS = ("MODEL.RECURRENT.", "MODEL.HGRU.", "MODEL.RFPN.")  # dropped for the baseline
+LIMITS = {"<=": operator.le, ">": operator.gt}
 
 
 def parse_args(argv=None):
+    """The command line (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--config-file", required=True)
+    p.add_argument("--config-file", required=True, help="the (recurrent) config to measure")
     p.add_argument("--baseline-config", default=os.path.join(ROOT, BASELINE))
     p.add_argument("--steps", default="", help="values of MODEL.RECURRENT.TIMESTEPS to sweep")
     p.add_argument("--grad", default="", help="values of MODEL.RECURRENT.GRAD to sweep")
-    p.add_argument("--image-size", type=int, default=512)
-    p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--iters", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--device", default="")
+    p.add_argument("--image-size", type=int, default=512, help="square synthetic images")
+    p.add_argument("--batch", type=int, default=2, help="images per training step")
+    p.add_argument("--iters", type=int, default=3, help="timed steps per configuration")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps before them")
+    p.add_argument("--device", default="", help="default: cuda when available, else cpu")
     p.add_argument("--output-dir", default="output/benchmark")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return p.parse_args(argv)
@@ -68,6 +74,19 @@ def synthetic_batch(n, size, num_classes, num_stuff, device, seed=0):
     return batch
 
 
+def timed(fn, warmup, iters, sync):
+    """Median wall time of ``fn()`` in seconds over ``iters`` calls after ``warmup`` calls."""
+    times = []
+    for i in range(warmup + iters):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def measure(label, config_file, opts, args):
     """Build one configuration and measure it; returns a result row (runs in its own process)."""
     import torch
@@ -78,143 +97,109 @@ def measure(label, config_file, opts, args):
     from rpanoptic.modeling import build_model, recurrent_layers
 
     torch.manual_seed(0)
-    # Random weights: with the configs' FrozenBN, activations of a random ResNet overflow, so the
-    # bottom-up and FPN use GroupNorm unless the overrides say otherwise.
     fixed = ["MODEL.WEIGHTS", "", "MODEL.DEVICE", args.device]
     fixed += ["MODEL.RESNETS.NORM", "GN", "MODEL.FPN.NORM", "GN"]
     cfg = get_rpanoptic_cfg(config_file, [*fixed, *opts])
     device = torch.device(cfg.MODEL.DEVICE)
     model = build_model(cfg).to(device)
-    layers = recurrent_layers(model)
-    for layer in layers.values():
-        layer.lcp_collected = True  # the benchmark adds the penalty itself, as LCPHook does
+    layers = list(recurrent_layers(model).values())
+    for layer in layers:
+        layer.lcp_collected = True  # the step below adds the penalty itself, as LCPHook does
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
-    batch = synthetic_batch(
-        args.batch,
-        args.image_size,
-        cfg.MODEL.ROI_HEADS.NUM_CLASSES,
-        cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
-        device,
-    )
-
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+    heads = cfg.MODEL.ROI_HEADS.NUM_CLASSES, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+    batch = synthetic_batch(args.batch, args.image_size, *heads, device)
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
 
     def train_step():
         model.train()
         with EventStorage(0):
-            losses = model(batch)
-        penalties = [layer.lcp for layer in layers.values() if layer.lcp is not None]
-        loss = sum(losses.values())
+            loss = sum(model(batch).values())
+        penalties = [layer.lcp for layer in layers if layer.constrained]
         if penalties:
             loss = loss + cfg.MODEL.RECURRENT.LCP_WEIGHT * torch.stack(penalties).sum()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
-    if device.type == "cuda":
+    def infer():
+        model.eval()
+        with torch.no_grad():
+            model(batch[:1])
+
+    if cuda:
         torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
+        base = torch.cuda.memory_allocated() / 2**20
     else:
         base = peak_rss_mb()
-    train_step()  # the first step is the memory measurement (CPU peak RSS cannot be reset)
+    train_step()  # the memory measurement, before any other step (CPU peak RSS cannot be reset)
     sync()
-    if device.type == "cuda":
-        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
-    else:
-        peak = peak_rss_mb() - base
-    times = []
-    for i in range(args.warmup + args.iters):
-        sync()
-        start = time.perf_counter()
-        train_step()
-        sync()
-        if i >= args.warmup:
-            times.append(time.perf_counter() - start)
-    model.eval()
-    infer = []
-    with torch.no_grad():
-        for i in range(args.warmup + args.iters):
-            sync()
-            start = time.perf_counter()
-            model(batch[:1])
-            sync()
-            if i >= args.warmup:
-                infer.append(time.perf_counter() - start)
-    recurrent = bool(layers)
+    peak = (torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_mb()) - base
+    step = timed(train_step, args.warmup, args.iters, sync)
+    inference = timed(infer, args.warmup, args.iters, sync)
     return {
         "model": label,
-        "grad": cfg.MODEL.RECURRENT.GRAD if recurrent else "-",
-        "timesteps": cfg.MODEL.RECURRENT.TIMESTEPS if recurrent else 0,
+        "grad": cfg.MODEL.RECURRENT.GRAD if layers else "-",
+        "timesteps": cfg.MODEL.RECURRENT.TIMESTEPS if layers else 0,
         "device": str(device),
         "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
-        "train_step_ms": round(1000 * statistics.median(times), 1),
+        "train_step_ms": round(1000 * step, 1),
         "train_peak_mb": round(peak, 1),
-        "infer_img_s": round(1.0 / statistics.median(infer), 3),
+        "infer_img_s": round(1.0 / inference, 3),
     }
 
 
+def baseline_opts(opts):
+    """``KEY VALUE`` overrides without the pairs whose key only a recurrent model reads."""
+    pairs = zip(opts[0::2], opts[1::2])
+    return [x for k, v in pairs if not k.startswith(RECURRENT_KEYS) for x in (k, v)]
+
+
 def configurations(args):
-    """(label, config file, overrides) for the baseline and each recurrent setting."""
-    tasks = [("baseline", args.baseline_config, list(args.opts))]
-    steps = [int(s) for s in args.steps.split(",") if s] or [None]
-    grads = [g for g in args.grad.split(",") if g] or [None]
+    """(label, config file, overrides) for the baseline, then each recurrent setting."""
+    if len(args.opts) % 2:
+        raise ValueError(f"Overrides must be KEY VALUE pairs, got {args.opts}")
+    tasks = [("baseline", args.baseline_config, baseline_opts(args.opts))]
     name = os.path.splitext(os.path.basename(args.config_file))[0]
+    grads = [["MODEL.RECURRENT.GRAD", g] for g in args.grad.split(",") if g] or [[]]
+    steps = [["MODEL.RECURRENT.TIMESTEPS", n] for n in args.steps.split(",") if n] or [[]]
     for grad in grads:
         for n in steps:
-            extra = (["MODEL.RECURRENT.GRAD", grad] if grad else []) + (
-                ["MODEL.RECURRENT.TIMESTEPS", str(n)] if n else []
-            )
-            tasks.append((name, args.config_file, list(args.opts) + extra))
+            tasks.append((name, args.config_file, [*args.opts, *grad, *n]))
     return tasks
 
 
-def run(args):
-    tasks = [(label, cfg, opts, args) for label, cfg, opts in configurations(args)]
-    return run_configurations(measure, tasks, args.device)
-
-
 def targets(rows):
-    """The goal ratios of the integration issue, measured in this run."""
+    """The goal ratios of the whole model, measured in this run (those its rows allow)."""
     base = rows[0]
-    rec = rows[1:]
+    by_mode = {}
+    for r in rows[1:]:
+        by_mode.setdefault(r["grad"], {})[r["timesteps"]] = r
+    crbp, bptt = by_mode.get("crbp", {}), by_mode.get("bptt", {})
     out = []
 
-    def add(name, value, limit, met):
-        out.append({"target": name, "value": round(value, 3), "limit": limit, "met": met})
+    def add(name, value, op, limit):
+        met = LIMITS[op](value, limit)
+        out.append({"target": name, "value": round(value, 3), "limit": f"{op} {limit}", "met": met})
 
-    crbp = {r["timesteps"]: r for r in rec if r["grad"] == "crbp"}
-    bptt = {r["timesteps"]: r for r in rec if r["grad"] == "bptt"}
     if 20 in crbp:
-        add(
-            "crbp N=20 train memory / baseline",
-            crbp[20]["train_peak_mb"] / base["train_peak_mb"],
-            "<= 1.35",
-            crbp[20]["train_peak_mb"] <= 1.35 * base["train_peak_mb"],
-        )
-        add(
-            "crbp N=20 inference time / baseline",
-            base["infer_img_s"] / crbp[20]["infer_img_s"],
-            "<= 1.3",
-            base["infer_img_s"] <= 1.3 * crbp[20]["infer_img_s"],
-        )
+        mem = crbp[20]["train_peak_mb"] / base["train_peak_mb"]
+        add("crbp N=20 train memory / baseline", mem, "<=", 1.35)
     if len(crbp) > 1:
         mem = [r["train_peak_mb"] for r in crbp.values()]
-        add(
-            "crbp train memory max/min over N",
-            max(mem) / min(mem),
-            "flat (~1)",
-            max(mem) <= 1.2 * min(mem),
-        )
+        add(f"crbp train memory max/min over N={sorted(crbp)}", max(mem) / min(mem), "<=", 1.2)
     if len(bptt) > 1:
-        lo, hi = min(bptt), max(bptt)
-        ratio = bptt[hi]["train_peak_mb"] / bptt[lo]["train_peak_mb"]
-        add(f"bptt train memory N={hi} / N={lo}", ratio, "> 1 (grows)", ratio > 1)
+        lo, hi = (1, 5) if {1, 5} <= set(bptt) else (min(bptt), max(bptt))
+        growth = bptt[hi]["train_peak_mb"] / bptt[lo]["train_peak_mb"]
+        add(f"bptt train memory N={hi} / N={lo}", growth, ">", 1)
+    if 20 in crbp:
+        slower = base["infer_img_s"] / crbp[20]["infer_img_s"]
+        add("crbp N=20 inference time / baseline", slower, "<=", 1.3)
     return out
 
 
 def write(rows, goals, outdir):
+    """Print the tables; write results.csv, targets.csv and memory_vs_steps.png to outdir."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -223,26 +208,31 @@ def write(rows, goals, outdir):
     save_tables(outdir, rows, goals)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, key, label in zip(
-        axes, ("train_peak_mb", "train_step_ms"), ("peak memory (MB)", "step (ms)")
+        axes,
+        ("train_peak_mb", "train_step_ms"),
+        ("training peak memory (MB)", "training step (ms)"),
     ):
         for grad in dict.fromkeys(r["grad"] for r in rows[1:]):
             pts = sorted((r["timesteps"], r[key]) for r in rows[1:] if r["grad"] == grad)
-            ax.plot(*zip(*pts), marker="o", label=grad)
+            ax.plot(*zip(*pts), marker="o", label=f"{rows[1]['model']} ({grad})")
         ax.axhline(rows[0][key], color="gray", ls="--", label="feed-forward baseline")
-        ax.set(xlabel="timesteps N", ylabel=label, title=f"training, {rows[0]['device']}")
-        ax.legend()
+        ax.set(xlabel="timesteps N", ylabel=label, title=f"{label}, {rows[0]['device']}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(os.path.join(outdir, "memory_vs_steps.png"), dpi=100)
     print(f"\nwrote {outdir}/results.csv, targets.csv, memory_vs_steps.png")
 
 
 def main(argv=None):
+    """Measure every configuration (a fresh process each on CPU), then report and save."""
     args = parse_args(argv)
     if not args.device:
         import torch
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    rows = run(args)
+    tasks = [(label, cfg, opts, args) for label, cfg, opts in configurations(args)]
+    rows = run_configurations(measure, tasks, args.device)
     write(rows, targets(rows), args.output_dir)
     return 0
 
