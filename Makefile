@@ -10,8 +10,10 @@ TORCH_REQS := requirements-torch-$(ARCH).txt
 D2_DIR := $(VENV)/detectron2-py310
 STAMP := $(VENV)/.rpanoptic-stamp
 DEMO_ARGS ?=
+COMPARE_ARGS ?=
+DEMO_RECURRENCE_ARGS ?=
 
-.PHONY: env demo test bench lint clean-env
+.PHONY: env demo compare demo-recurrence test bench lint clean-env
 
 env: $(STAMP)
 
@@ -34,10 +36,19 @@ $(STAMP): requirements.txt requirements-detectron2.txt $(TORCH_REQS) setup.py
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
-# Until the synthetic-panoptic demo lands: the recurrence engine's own demo (BPTT vs C-RBP on a
-# long-range grouping task, evaluated past the trained number of steps). Override with DEMO_ARGS.
+# The demo: make the synthetic dataset if missing, train a small C-RBP recurrent Panoptic FPN on
+# the CPU, evaluate PQ, sweep inference steps; results in output/demo. E.g. DEMO_ARGS="--iters 200".
 demo: $(STAMP)
-	$(PY) tools/demo_recurrence.py $(DEMO_ARGS)
+	$(PY) tools/demo.py $(DEMO_ARGS)
+
+# Longer, not in CI: feed-forward vs RFPN (BPTT, C-RBP) vs recurrent mask head, 3 seeds each, same
+# schedule; results in output/compare. Rerun to resume. E.g. COMPARE_ARGS="--seeds 0,1,2,3,4".
+compare: $(STAMP)
+	$(PY) tools/compare.py $(COMPARE_ARGS)
+
+# The recurrence engine's own toy demo (BPTT vs C-RBP on curve tracing, no Detectron2 model).
+demo-recurrence: $(STAMP)
+	$(PY) tools/demo_recurrence.py $(DEMO_RECURRENCE_ARGS)
 
 bench: $(STAMP)
 	$(PY) tools/benchmark_recurrence.py

@@ -7,6 +7,7 @@ it); then ``add_rpanoptic_config(cfg)`` adds the config keys.
 from . import data  # noqa: F401  (dataset registration helpers; registers nothing by itself)
 from . import modeling  # noqa: F401  (registers build_resnet_rfpn_backbone and the mask head)
 from .config import add_rpanoptic_config
+from .data import builtin  # noqa: F401  (registers the synthetic_panoptic_* datasets)
 from .recurrence import HGRUCell, Recurrence
 
 __version__ = "0.1.0"

@@ -50,4 +50,7 @@ def add_rpanoptic_config(cfg: CN) -> CN:
     cfg.MODEL.RFPN = CN()
     # FPN levels that get an hGRU recurrence (build_resnet_rfpn_backbone).
     cfg.MODEL.RFPN.LEVELS = ["p2", "p3", "p4", "p5"]
+    # Initial per-channel scale of each level's recurrent residual p + scale * h (0: starts as
+    # the feed-forward FPN, right for fine-tuning a feed-forward checkpoint; 1 for from scratch).
+    cfg.MODEL.RFPN.SCALE_INIT = 0.0
     return cfg

@@ -100,11 +100,11 @@ def test_rfpn_parameter_names_keep_fpn_names():
 
 
 def test_rfpn_levels_and_p6_from_recurrent_p5():
-    cfg = tiny_cfg(RFPN, "MODEL.RFPN.LEVELS", ["p3", "p5"])
+    cfg = tiny_cfg(RFPN, "MODEL.RFPN.LEVELS", ["p3", "p5"], "MODEL.RFPN.SCALE_INIT", 1.0)
     model = build_model(cfg)
     assert set(model.backbone.rfpn) == {"p3", "p5"}
     for level in model.backbone.rfpn.values():
-        torch.nn.init.constant_(level.scale, 1.0)
+        assert level.scale.shape == (1, 32, 1, 1) and bool((level.scale == 1.0).all())
     x = torch.randn(1, 3, 64, 64)
     out = model.backbone(x)
     plain = super(type(model.backbone), model.backbone).forward(x)

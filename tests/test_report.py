@@ -54,6 +54,11 @@ def test_pictures_and_report(setup, tmp_path):
         str(tmp_path),
         {"panoptic_seg": {"PQ": 12.5, "SQ": 70.0, "RQ": 15.0, "PQ_th": 5.0, "PQ_st": 20.0}},
         {"training curves": str(tmp_path / "curves.png")},
+        notes=["Trained somehow."],
+        sweep={t: {"panoptic_seg": {"PQ": t / 2, "PQ_th": t, "PQ_st": 0.0}} for t in (1, 4, 8)},
+        trained=4,
     )
     text = open(report).read()
     assert "| all | 12.5 | 70.0 | 15.0 |" in text and "`curves.png`" in text
+    assert "Trained somehow." in text
+    assert "| t | 1 | 4 (N) | 8 |" in text and "| PQ_th | 1.0 | 4.0 | 8.0 |" in text

@@ -9,9 +9,16 @@ from .panoptic import (
     separate_semantic_from_panoptic,
     stuff_id_map,
 )
+from .synthetic import generate_synthetic_panoptic, register_synthetic_panoptic, synthetic_paths
+from .synthetic_scene import SceneSpec, make_scene
 from .validate import validate_panoptic_dataset
 
 __all__ = [
+    "SceneSpec",
+    "generate_synthetic_panoptic",
+    "make_scene",
+    "register_synthetic_panoptic",
+    "synthetic_paths",
     "load_panoptic_json",
     "load_panoptic_separated",
     "panoptic_metadata",

@@ -12,7 +12,7 @@ import functools
 import logging
 import multiprocessing as mp
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -291,6 +291,8 @@ def register_panoptic_dataset(
     sem_seg_root: Optional[str] = None,
     instances_json: Optional[str] = None,
     validate: bool = True,
+    categories: Optional[List[dict]] = None,
+    before_load: Optional[Callable[[], None]] = None,
 ) -> Dict[str, int]:
     """Register a dataset in COCO panoptic format, as detectron2 registers COCO panoptic.
 
@@ -309,6 +311,10 @@ def register_panoptic_dataset(
         instances_json: COCO instances JSON of the things.
         validate: first check that files and JSON agree (:func:`validate_panoptic_dataset`;
             this reads every PNG, so pass False for very large datasets checked before).
+        categories: the panoptic categories, for a dataset whose files may not exist yet (one
+            that is generated): nothing is read now, and the checks run when one of the
+            registered datasets is first loaded.
+        before_load: called before those deferred checks, e.g. to say how to make missing files.
 
     Returns:
         the config values this dataset needs: ``{"MODEL.ROI_HEADS.NUM_CLASSES": things,
@@ -327,18 +333,25 @@ def register_panoptic_dataset(
             f"dataset {taken[0]!r} is already registered (not by register_panoptic_dataset); "
             "pick another name"
         )
-    if validate:
-        validate_panoptic_dataset(
-            image_root, panoptic_root, panoptic_json, sem_seg_root, instances_json
-        )
-    data = read_json(panoptic_json, "panoptic JSON", PANOPTIC_JSON_FIX)
-    separated_meta, standard_meta = panoptic_metadata(check_panoptic_json(data, panoptic_json))
+    check = functools.partial(
+        validate_panoptic_dataset if validate else _no_check,
+        image_root,
+        panoptic_root,
+        panoptic_json,
+        sem_seg_root,
+        instances_json,
+    )
+    if categories is None:
+        check()
+        data = read_json(panoptic_json, "panoptic JSON", PANOPTIC_JSON_FIX)
+        categories = check_panoptic_json(data, panoptic_json)
+        check = _no_check
+    separated_meta, standard_meta = panoptic_metadata(categories)
     common = dict(image_root=image_root, panoptic_root=panoptic_root, panoptic_json=panoptic_json)
+    checked = _CheckedLoad(panoptic_json, before_load, check)
     DatasetCatalog.register(
         name,
-        functools.partial(
-            load_panoptic_json, panoptic_json, image_root, panoptic_root, standard_meta
-        ),
+        checked.wrap(load_panoptic_json, panoptic_json, image_root, panoptic_root, standard_meta),
     )
     MetadataCatalog.get(name).set(
         json_file=instances_json,
@@ -349,7 +362,7 @@ def register_panoptic_dataset(
         **standard_meta,
     )
     if separated:
-        _register_separated(name, common, sem_seg_root, instances_json, separated_meta)
+        _register_separated(name, common, sem_seg_root, instances_json, separated_meta, checked)
     num_classes = {
         "MODEL.ROI_HEADS.NUM_CLASSES": len(separated_meta["thing_classes"]),
         "MODEL.SEM_SEG_HEAD.NUM_CLASSES": len(separated_meta["stuff_classes"]),
@@ -376,9 +389,37 @@ def _already_registered(name: str, args: Tuple) -> bool:
     return name in _REGISTERED
 
 
-def _register_separated(name, common, sem_seg_root, instances_json, meta):
+def _no_check(*args) -> None:
+    return None
+
+
+class _CheckedLoad:
+    """Runs ``before_load`` and the dataset checks before the first load of a dataset (again
+    when the panoptic JSON changed, e.g. after the dataset was regenerated)."""
+
+    def __init__(self, panoptic_json: str, before_load: Optional[Callable], check: Callable):
+        self.panoptic_json, self.before_load, self.check = panoptic_json, before_load, check
+        self.checked_version = None
+
+    def __call__(self, loader: Callable) -> List[dict]:
+        if self.before_load is not None:
+            self.before_load()
+        try:
+            version = os.stat(self.panoptic_json).st_mtime_ns
+        except OSError:
+            version = None  # missing: the check says so, naming the file
+        if version is None or version != self.checked_version:
+            self.check()
+            self.checked_version = version
+        return loader()
+
+    def wrap(self, fn: Callable, *args) -> Callable[[], List[dict]]:
+        return functools.partial(self, functools.partial(fn, *args))
+
+
+def _register_separated(name, common, sem_seg_root, instances_json, meta, checked):
     separated_name, stuff_name = f"{name}_separated", f"{name}_stuffonly"
-    loader = functools.partial(
+    loader = checked.wrap(
         load_panoptic_separated,
         separated_name,
         instances_json,
@@ -397,9 +438,7 @@ def _register_separated(name, common, sem_seg_root, instances_json, meta):
     )
     DatasetCatalog.register(
         stuff_name,
-        functools.partial(
-            _load_stuff_only, common["panoptic_json"], common["image_root"], sem_seg_root
-        ),
+        checked.wrap(_load_stuff_only, common["panoptic_json"], common["image_root"], sem_seg_root),
     )
     MetadataCatalog.get(stuff_name).set(
         sem_seg_root=sem_seg_root,

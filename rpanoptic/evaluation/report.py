@@ -4,7 +4,7 @@ the ground truth, and one image's prediction as the recurrent steps unfold."""
 import json
 import logging
 import os
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -153,16 +153,37 @@ def draw_unfolding(model, cfg, record: dict, counts: Sequence[int], out_png: str
     plt.close(fig)
 
 
-def write_report(out_dir: str, results: Dict, files: Dict[str, str], notes: str = "") -> str:
-    """Write ``report.md``: the PQ table of ``results['panoptic_seg']`` and where to look."""
+def write_report(
+    out_dir: str,
+    results: Dict,
+    files: Dict[str, str],
+    notes: Sequence[str] = (),
+    sweep: Optional[Dict[int, dict]] = None,
+    trained: int = 0,
+) -> str:
+    """Write ``report.md``: ``notes`` (paragraphs), the PQ table of
+    ``results['panoptic_seg']``, PQ at each inference step count of ``sweep`` ({t: results},
+    the trained N marked) and where to look (``files``: {what: path})."""
     pq = results.get("panoptic_seg", {})
     lines = ["# rpanoptic demo report", ""]
-    if notes:
-        lines += [notes, ""]
+    for paragraph in notes:
+        lines += [paragraph, ""]
     lines += ["| | PQ | SQ | RQ |", "|---|---|---|---|"]
     for row, suffix in (("all", ""), ("things", "_th"), ("stuff", "_st")):
         values = [pq.get(m + suffix, float("nan")) for m in ("PQ", "SQ", "RQ")]
         lines.append(f"| {row} | " + " | ".join(f"{v:.1f}" for v in values) + " |")
+    if sweep:
+        counts = sorted(sweep)
+        lines += ["", "PQ against the number of inference steps t (trained with N steps):", ""]
+        lines.append(
+            "| t | " + " | ".join(f"{t}" + (" (N)" if t == trained else "") for t in counts) + " |"
+        )
+        lines.append("|---" * (len(counts) + 1) + "|")
+        for metric in ("PQ", "PQ_th", "PQ_st"):
+            values = [
+                (sweep[t] or {}).get("panoptic_seg", {}).get(metric, float("nan")) for t in counts
+            ]
+            lines.append(f"| {metric} | " + " | ".join(f"{v:.1f}" for v in values) + " |")
     lines += ["", "Where to look:", ""]
     for what, path in files.items():
         lines.append(f"- {what}: `{os.path.relpath(path, out_dir)}`")

@@ -19,15 +19,18 @@ __all__ = ["RecurrentLevel", "RFPN", "build_resnet_rfpn_backbone"]
 class RecurrentLevel(nn.Module):
     """p -> p + scale * h_N, where h_N is the state of a recurrence driven by the FPN level p.
 
-    ``scale`` is a per-channel parameter initialised to zero, so a freshly built level is the
-    identity: a model loaded from a feed-forward checkpoint starts as exactly that model, and
-    training moves the recurrence in (the zero-initialised residual of ReZero/LayerScale).
+    ``scale`` is a per-channel parameter initialised to ``scale_init``. The default, zero, makes
+    a freshly built level the identity: a model loaded from a feed-forward checkpoint starts as
+    exactly that model, and training moves the recurrence in (the zero-initialised residual of
+    ReZero/LayerScale). Trained from scratch, a zero scale keeps the recurrence out for long
+    (measured on the synthetic dataset: |scale| about 0.01 after 500 iterations), so from-scratch
+    configs start it at 1.
     """
 
-    def __init__(self, recurrence: nn.Module, channels: int):
+    def __init__(self, recurrence: nn.Module, channels: int, scale_init: float = 0.0):
         super().__init__()
         self.recurrence = recurrence
-        self.scale = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self.scale = nn.Parameter(torch.full((1, channels, 1, 1), float(scale_init)))
 
     def forward(self, p: torch.Tensor) -> torch.Tensor:
         warn_unhooked_lcp(self.recurrence)
@@ -54,6 +57,7 @@ class RFPN(FPN):
         square_pad: int = 0,
         *,
         recurrences: Dict[str, nn.Module],
+        scale_init: float = 0.0,
     ):
         """
         Args:
@@ -61,6 +65,8 @@ class RFPN(FPN):
                 :class:`detectron2.modeling.backbone.FPN`.
             recurrences: level name (e.g. "p3") -> a module ``forward(x) -> h`` of the same
                 shape, typically a :class:`rpanoptic.recurrence.Recurrence`.
+            scale_init: initial value of each level's residual scale (see
+                :class:`RecurrentLevel`).
         """
         super().__init__(
             bottom_up, in_features, out_channels, norm, top_block, fuse_type, square_pad
@@ -72,7 +78,7 @@ class RFPN(FPN):
                 f"does not produce; allowed: {self._out_features}."
             )
         self.rfpn = nn.ModuleDict(
-            {lvl: RecurrentLevel(rec, out_channels) for lvl, rec in recurrences.items()}
+            {lvl: RecurrentLevel(rec, out_channels, scale_init) for lvl, rec in recurrences.items()}
         )
         self.sweep_cache: Optional[dict] = None
 
@@ -89,6 +95,7 @@ class RFPN(FPN):
             "recurrences": {
                 lvl: build_recurrence(cfg, out_channels) for lvl in cfg.MODEL.RFPN.LEVELS
             },
+            "scale_init": cfg.MODEL.RFPN.SCALE_INIT,
         }
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -123,6 +130,6 @@ def build_resnet_rfpn_backbone(cfg, input_shape: ShapeSpec) -> RFPN:
     """ResNet + FPN with an hGRU recurrence on each level of MODEL.RFPN.LEVELS.
 
     Reads the keys of ``build_resnet_fpn_backbone`` (MODEL.RESNETS.*, MODEL.FPN.*) and
-    MODEL.RFPN.LEVELS, MODEL.RECURRENT.*, MODEL.HGRU.*.
+    MODEL.RFPN.LEVELS, MODEL.RFPN.SCALE_INIT, MODEL.RECURRENT.*, MODEL.HGRU.*.
     """
     return RFPN(cfg, input_shape)

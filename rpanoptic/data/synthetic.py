@@ -1,0 +1,238 @@
+"""The synthetic panoptic dataset: written in exact COCO panoptic format, registered by name.
+
+Layout under ``<datasets>/synthetic_panoptic/`` (COCO's, with ``train``/``val`` for the splits)::
+
+    train/000000.jpg ...                 RGB images (JPEG)
+    panoptic_train/000000.png ...        panoptic PNGs (segment id = R + 256 G + 256^2 B)
+    panoptic_stuff_train/000000.png ...  Panoptic FPN's stuff PNGs (things 0, stuff 1..4)
+    annotations/panoptic_train.json      images, annotations (segments_info), categories
+    annotations/instances_train.json     COCO instances of the things (RLE masks)
+    generator.json                       how it was made (seed, counts, scene spec); written last
+
+``<datasets>`` is ``$RPANOPTIC_DATASETS``, else ``$DETECTRON2_DATASETS``, else ``datasets``.
+The scenes themselves are drawn in ``synthetic_scene.py``.
+"""
+
+import dataclasses
+import functools
+import json
+import logging
+import multiprocessing as mp
+import os
+from typing import Dict, Optional
+
+import numpy as np
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from PIL import Image
+from pycocotools import mask as mask_util
+
+from .panoptic import _REGISTERED, register_panoptic_dataset, separate_semantic_from_panoptic
+from .synthetic_scene import CATEGORIES, SceneSpec, make_scene
+
+__all__ = [
+    "SPLITS",
+    "datasets_root",
+    "synthetic_paths",
+    "generate_synthetic_panoptic",
+    "register_synthetic_panoptic",
+]
+
+logger = logging.getLogger(__name__)
+
+SPLITS = {"train": 0, "val": 1}  # split -> the stream of random numbers it draws from
+FOLDER = "synthetic_panoptic"
+PREPARE = "python datasets/prepare_synthetic_panoptic.py"
+
+
+def datasets_root() -> str:
+    """``$RPANOPTIC_DATASETS``, else ``$DETECTRON2_DATASETS``, else ``datasets``."""
+    env = os.environ
+    return env.get("RPANOPTIC_DATASETS") or env.get("DETECTRON2_DATASETS") or "datasets"
+
+
+def synthetic_paths(root: str, split: str) -> Dict[str, str]:
+    """The files of one split under ``root`` (the ``synthetic_panoptic`` folder), by the
+    argument names of :func:`rpanoptic.data.register_panoptic_dataset`."""
+    if split not in SPLITS:
+        raise ValueError(f"synthetic panoptic split {split!r}: choose one of {sorted(SPLITS)}")
+    return {
+        "image_root": os.path.join(root, split),
+        "panoptic_root": os.path.join(root, f"panoptic_{split}"),
+        "panoptic_json": os.path.join(root, "annotations", f"panoptic_{split}.json"),
+        "sem_seg_root": os.path.join(root, f"panoptic_stuff_{split}"),
+        "instances_json": os.path.join(root, "annotations", f"instances_{split}.json"),
+    }
+
+
+def _encode_ids(ids: np.ndarray) -> np.ndarray:
+    return np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(np.uint8)
+
+
+def _one_image(index: int, split: str, seed: int, spec: SceneSpec, paths: Dict[str, str]):
+    """Draw and write image ``index`` of ``split``; returns its JSON entries."""
+    rng = np.random.default_rng([seed, SPLITS[split], index])
+    image, ids, segments = make_scene(rng, spec)
+    stem = f"{index:06d}"
+    Image.fromarray(image).save(os.path.join(paths["image_root"], stem + ".jpg"), quality=92)
+    Image.fromarray(_encode_ids(ids)).save(os.path.join(paths["panoptic_root"], stem + ".png"))
+    things = {c["id"] for c in CATEGORIES if c["isthing"]}
+    segments_info, instances = [], []
+    for seg in segments:
+        rle = mask_util.encode(np.asfortranarray((ids == seg["id"]).astype(np.uint8)))
+        area, bbox = int(mask_util.area(rle)), [int(v) for v in mask_util.toBbox(rle)]
+        segments_info.append(dict(seg, iscrowd=0, area=area, bbox=bbox))
+        if seg["category_id"] in things:
+            rle["counts"] = rle["counts"].decode("ascii")
+            instances.append(
+                dict(
+                    image_id=index,
+                    category_id=seg["category_id"],
+                    segmentation=rle,
+                    iscrowd=0,
+                    area=area,
+                    bbox=[float(v) for v in bbox],
+                )
+            )
+    size = spec.size
+    entry = {"id": index, "file_name": stem + ".jpg", "height": size, "width": size}
+    annotation = {"image_id": index, "file_name": stem + ".png", "segments_info": segments_info}
+    return entry, annotation, instances
+
+
+def _write_json(path: str, data: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+    os.replace(tmp, path)  # a crash never leaves a half-written JSON under the real name
+
+
+def _generate_split(root, split, count, seed, spec, workers, progress) -> None:
+    paths = synthetic_paths(root, split)
+    for key in ("image_root", "panoptic_root"):
+        os.makedirs(paths[key], exist_ok=True)
+    os.makedirs(os.path.dirname(paths["panoptic_json"]), exist_ok=True)
+    make = functools.partial(_one_image, split=split, seed=seed, spec=spec, paths=paths)
+    with mp.Pool(workers) if workers > 1 else _Serial() as pool:
+        results = pool.imap(make, range(count), chunksize=8)
+        if progress:
+            from tqdm import tqdm
+
+            results = tqdm(results, total=count, desc=f"synthetic {split}", unit="img")
+        results = list(results)
+    instances = [dict(a, id=k + 1) for k, a in enumerate(a for r in results for a in r[2])]
+    info = {"description": f"rpanoptic synthetic panoptic, {split}", "version": "1.0"}
+    common = {"info": info, "licenses": [], "images": [r[0] for r in results]}
+    _write_json(
+        paths["panoptic_json"],
+        dict(common, annotations=[r[1] for r in results], categories=CATEGORIES),
+    )
+    things = [c for c in CATEGORIES if c["isthing"]]
+    _write_json(paths["instances_json"], dict(common, annotations=instances, categories=things))
+    separate_semantic_from_panoptic(
+        paths["panoptic_json"], paths["panoptic_root"], paths["sem_seg_root"], overwrite=True
+    )
+
+
+class _Serial:
+    """Stands in for a process pool in this process."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def imap(self, fn, items, chunksize=1):
+        return map(fn, items)
+
+
+def _recipe(counts: Dict[str, int], seed: int, spec: SceneSpec) -> dict:
+    return {"seed": seed, "counts": dict(counts), "spec": dataclasses.asdict(spec)}
+
+
+def generate_synthetic_panoptic(
+    root: str,
+    counts: Optional[Dict[str, int]] = None,
+    *,
+    seed: int = 0,
+    spec: SceneSpec = SceneSpec(),
+    workers: int = 1,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> bool:
+    """Write the synthetic dataset to ``root`` (the ``synthetic_panoptic`` folder).
+
+    Deterministic: the same (seed, counts, spec) give the same files, in any number of workers.
+    When ``root/generator.json`` already records the same recipe, nothing is written.
+
+    Args:
+        root: the dataset folder.
+        counts: images per split, default {"train": 400, "val": 50}.
+        seed: the seed of every scene.
+        spec: what scenes contain (image size, number of things, ...).
+        workers: processes drawing images.
+        overwrite: write even when the recipe is already there.
+        progress: show progress bars.
+
+    Returns:
+        True if the dataset was written, False if it was already there.
+    """
+    counts = dict(counts or {"train": 400, "val": 50})
+    unknown = sorted(set(counts) - set(SPLITS))
+    if unknown or any(int(n) < 1 for n in counts.values()):
+        raise ValueError(f"synthetic panoptic counts {counts}: give >= 1 image for train/val")
+    recipe = _recipe(counts, seed, spec.validate())
+    marker = os.path.join(root, "generator.json")
+    if not overwrite and os.path.isfile(marker):
+        try:
+            with open(marker) as f:
+                if json.load(f) == json.loads(json.dumps(recipe)):
+                    return False
+        except (OSError, ValueError):
+            pass  # an unreadable marker: write the dataset again
+    if os.path.isfile(marker):
+        os.remove(marker)  # the folder is incomplete until the new marker is written
+    for split, count in counts.items():
+        _generate_split(root, split, int(count), seed, spec, workers, progress)
+    _write_json(marker, recipe)
+    return True
+
+
+def _check_present(name: str, root: str, split: str) -> None:
+    marker, paths = os.path.join(root, "generator.json"), synthetic_paths(root, split)
+    if not os.path.isfile(marker) or not os.path.isfile(paths["panoptic_json"]):
+        raise FileNotFoundError(
+            f"dataset {name!r}: the synthetic panoptic {split} split is not in {root} (or its "
+            f"generation did not finish). Make it with: {PREPARE} --root "
+            f"{os.path.dirname(os.path.abspath(root))}"
+        )
+
+
+def register_synthetic_panoptic(
+    root: Optional[str] = None, prefix: str = "synthetic_panoptic"
+) -> Dict[str, int]:
+    """Register ``<prefix>_{train,val}`` (standard panoptic), ``..._separated`` (Panoptic FPN's)
+    and ``..._stuffonly``, reading from ``root`` (default ``<datasets>/synthetic_panoptic``).
+
+    The files need not exist yet: they are checked (and a missing split fails with the command
+    that makes it) when a dataset is first loaded. Registering again replaces the names.
+
+    Returns:
+        the config values the dataset needs (``MODEL.ROI_HEADS.NUM_CLASSES``,
+        ``MODEL.SEM_SEG_HEAD.NUM_CLASSES``).
+    """
+    root = root or os.path.join(datasets_root(), FOLDER)
+    for split in SPLITS:
+        name = f"{prefix}_{split}"
+        for registered in (name, f"{name}_separated", f"{name}_stuffonly"):
+            if registered in DatasetCatalog.list():
+                DatasetCatalog.remove(registered)
+                MetadataCatalog.remove(registered)
+        _REGISTERED.pop(name, None)
+        num_classes = register_panoptic_dataset(
+            name,
+            **synthetic_paths(root, split),
+            categories=CATEGORIES,
+            before_load=functools.partial(_check_present, name, root, split),
+        )
+    return num_classes

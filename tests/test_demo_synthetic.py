@@ -1,0 +1,123 @@
+"""`make demo` and `make compare` end to end on a handful of 128 px synthetic images: train,
+evaluate PQ through COCOPanopticEvaluator, sweep the steps, write the report and pictures; and
+the comparison's statistics against hand-computed values."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from rpanoptic.data import SceneSpec, generate_synthetic_panoptic
+from rpanoptic.engine.compare import COUNTS, summarize, write_comparison
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUICK = "configs/quick_schedules/panoptic_rfpn_R_18_crbp_instant_test.yaml"
+DATA = ["--train", "6", "--val", "3", "--size", "128"]
+SIZES = ["INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128"]
+SIZES += ["INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128"]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """A process environment whose datasets root holds a tiny synthetic dataset."""
+    root = tmp_path_factory.mktemp("datasets")
+    folder = str(root / "synthetic_panoptic")
+    generate_synthetic_panoptic(folder, {"train": 6, "val": 3}, spec=SceneSpec(size=128))
+    return dict(os.environ, RPANOPTIC_DATASETS=str(root))
+
+
+def _run(env, script, *args):
+    cmd = [sys.executable, os.path.join(ROOT, "tools", script), *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return done
+
+
+def test_demo_trains_evaluates_and_reports(env, tmp_path):
+    out = str(tmp_path / "demo")
+    done = _run(
+        env,
+        "demo.py",
+        "--config-file",
+        QUICK,
+        "--iters",
+        "3",
+        "--output-dir",
+        out,
+        "--device",
+        "cpu",
+        *DATA,
+        *SIZES,
+    )
+    assert f"Demo results in {out}" in done.stdout
+    assert "Wrote the synthetic" not in done.stderr  # the dataset was there: kept
+    with open(os.path.join(out, "metrics_final.json")) as f:
+        metrics = json.load(f)
+    pq = metrics["final"]["panoptic_seg"]
+    assert set(pq) >= {"PQ", "PQ_th", "PQ_st"} and 0 <= pq["PQ"] <= 100
+    assert sorted(int(t) for t in metrics["timestep_sweep"]) == [1, 2, 3, 6, 9]  # N = 3
+    for name in ("training_curves.png", "unfolding.png", "timestep_sweep/timestep_sweep.png"):
+        assert os.path.getsize(os.path.join(out, name)) > 1000, name
+    assert len([f for f in os.listdir(out) if f.startswith("prediction_")]) == 3
+    report = open(os.path.join(out, "report.md")).read()
+    assert f"| all | {pq['PQ']:.1f} |" in report and "| t | 1 | 2 | 3 (N) | 6 | 9 |" in report
+    assert "3 iterations of batch 2 on cpu" in report
+
+
+def _fake(model, seed, pq, sweep=True):
+    values = {"PQ": pq, "PQ_th": pq - 10, "PQ_st": pq + 10, "SQ": 80.0, "RQ": pq + 1}
+    costs = {"params_M": 2.0, "train_peak_mb": 1000.0 + seed, "step_s": 1.0, "infer_img_s": 0.1}
+    sweeps = {str(t): {"PQ": pq + t, "PQ_th": pq, "PQ_st": pq} for t in COUNTS} if sweep else {}
+    return dict(
+        model=model,
+        seed=seed,
+        iters=5,
+        **values,
+        **costs,
+        sweep=sweeps,
+        trained_timesteps=10 if sweep else 0,
+        train_s=60.0,
+    )
+
+
+def test_summary_is_mean_and_sample_sd_over_seeds(tmp_path):
+    runs = [_fake("ff", 0, 40.0, False), _fake("rec", 0, 30.0), _fake("ff", 1, 44.0, False)]
+    runs += [_fake("rec", 1, 33.0), _fake("rec", 2, 39.0)]
+    rows = summarize(runs)
+    assert [(r["model"], r["seeds"]) for r in rows] == [("ff", 2), ("rec", 3)]
+    assert rows[0]["PQ"] == pytest.approx(42.0) and rows[0]["PQ_sd"] == pytest.approx(2**0.5 * 2)
+    assert rows[1]["PQ"] == pytest.approx(34.0)
+    assert rows[1]["PQ_sd"] == pytest.approx(np.std([30, 33, 39], ddof=1))
+    assert rows[1]["train_peak_mb"] == pytest.approx(1001.0)
+    files = write_comparison(runs, str(tmp_path))
+    table = open(files["comparison.md"]).read()
+    assert "| ff | 2 | 42.0 ± 2.8 | 32.0 ± 2.8 | 52.0 ± 2.8 |" in table
+    assert "| rec | 35.0 | 36.0 | 37.0 | 39.0 | 44.0 | 54.0 | 64.0 |" in table  # 34 + t
+    with open(files["runs.csv"]) as f:
+        assert len(list(csv.DictReader(f))) == 5
+    assert os.path.getsize(files["pq_vs_steps.png"]) > 1000
+
+
+def test_compare_runs_each_config_and_resumes(env, tmp_path):
+    out = str(tmp_path / "compare")
+    configs = f"configs/Synthetic/panoptic_fpn_R_18.yaml,{QUICK}"
+    args = ["--configs", configs, "--seeds", "0", "--iters", "2", "--device", "cpu"]
+    args += ["--output-dir", out, *DATA, "DATALOADER.NUM_WORKERS", "0", *SIZES]
+    first = _run(env, "compare.py", *args)
+    assert first.stdout.count("-> ") == 2  # two runs, each announced
+    with open(os.path.join(out, "comparison.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert [r["model"] for r in rows] == ["Panoptic FPN (feed-forward)", "RFPN p3-p5, crbp N=3"]
+    for row in rows:
+        assert float(row["params_M"]) > 1 and float(row["train_peak_mb"]) > 100
+        assert float(row["step_s"]) > 0 and float(row["infer_img_s"]) > 0
+    assert float(rows[1]["params_M"]) > float(rows[0]["params_M"])
+    result = os.path.join(out, "panoptic_rfpn_R_18_crbp_instant_test", "seed0", "result.json")
+    stamp = os.stat(result).st_mtime_ns
+    again = _run(env, "compare.py", *args)
+    assert "-> " not in again.stdout and os.stat(result).st_mtime_ns == stamp
+    assert "| RFPN p3-p5, crbp N=3 |" in again.stdout
