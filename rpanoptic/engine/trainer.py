@@ -4,9 +4,11 @@ data parallelism that also works for CPU processes."""
 import logging
 import os
 import weakref
+from typing import Optional
 
 import torch
-from detectron2.data import MetadataCatalog
+from detectron2.data import MetadataCatalog, build_detection_train_loader
+from detectron2.data.samplers import TrainingSampler
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import (
@@ -21,6 +23,13 @@ from detectron2.utils.logger import setup_logger
 from ..modeling import build_model
 from .checkpoint import RPanopticCheckpointer
 from .hooks import LCPHook
+from .resume import (
+    SkipSampler,
+    check_recurrent_settings,
+    recurrent_settings,
+    rng_state,
+    set_rng_state,
+)
 
 __all__ = ["Trainer", "wrap_data_parallel"]
 
@@ -55,7 +64,9 @@ class Trainer(DefaultTrainer):
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg)
+        # The data order's seed is kept in checkpoints, so that a resumed run continues it.
+        self.data_seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
+        data_loader = self.build_train_loader(cfg, seed=self.data_seed)
         model = wrap_data_parallel(model, cfg)
         trainer_cls = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
         self._trainer = trainer_cls(model, data_loader, optimizer)
@@ -67,6 +78,51 @@ class Trainer(DefaultTrainer):
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_train_loader(cls, cfg, start_iter: int = 0, seed: Optional[int] = None):
+        """Detectron2's training loader, with the TrainingSampler's data order drawn from
+        ``seed`` and its first ``start_iter`` iterations' images skipped (for a resumed run).
+
+        The data loader workers' augmentations are seeded from ``seed`` too. A resumed run sees
+        exactly the images the interrupted one would have seen when every image falls in one
+        aspect-ratio group (or DATALOADER.ASPECT_RATIO_GROUPING is off) and
+        DATALOADER.NUM_WORKERS is 0; otherwise the order may shift by a few images.
+        """
+        kwargs = build_detection_train_loader.from_config(cfg)
+        sampler = kwargs["sampler"]
+        if type(sampler) is TrainingSampler and seed is not None:
+            sampler = TrainingSampler(len(kwargs["dataset"]), seed=seed)
+        if start_iter > 0 and sampler is not None:
+            sampler = SkipSampler(
+                sampler, start_iter * kwargs["total_batch_size"] // comm.get_world_size()
+            )
+        return build_detection_train_loader(**dict(kwargs, sampler=sampler), seed=seed)
+
+    def resume_or_load(self, resume: bool = True):
+        """As DefaultTrainer's; a resumed run also gets back its random-number states, its data
+        order from where it stopped, and is checked to train the same recurrent settings."""
+        super().resume_or_load(resume=resume)
+        if self.start_iter > 0:
+            self._trainer.reset_data_loader(
+                lambda: self.build_train_loader(self.cfg, self.start_iter, self.data_seed)
+            )
+
+    def state_dict(self):
+        state = super().state_dict()
+        state.update(
+            rng=rng_state(), data_seed=self.data_seed, recurrent=recurrent_settings(self.cfg)
+        )
+        return state
+
+    def load_state_dict(self, state):
+        check_recurrent_settings(
+            self.cfg, state.get("recurrent"), self.checkpointer.get_checkpoint_file()
+        )
+        super().load_state_dict(state)
+        self.data_seed = state.get("data_seed", self.data_seed)
+        if "rng" in state:
+            set_rng_state(state["rng"])
 
     @classmethod
     def build_model(cls, cfg):

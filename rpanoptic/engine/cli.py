@@ -1,0 +1,45 @@
+"""The command line of ``tools/train_net.py`` (Detectron2's usual flags) and the function each
+process runs; in the package so that process launchers (``launch``, submitit jobs) can import it.
+"""
+
+import argparse
+from typing import List, Optional
+
+from detectron2.engine import default_argument_parser
+
+from ..evaluation import parse_counts, timestep_sweep
+from .checkpoint import load_weights
+from .setup import setup
+from .trainer import Trainer
+
+__all__ = ["main", "parse_args"]
+
+
+def main(args: argparse.Namespace):
+    """Train (``--resume``: continue the last checkpoint) or, with ``--eval-only``, evaluate."""
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        load_weights(model, cfg, resume=args.resume)
+        if args.eval_timesteps:
+            return timestep_sweep(cfg, model, parse_counts(args.eval_timesteps))
+        return Trainer.test(cfg, model)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    """Detectron2's ``default_argument_parser`` plus ``--eval-timesteps``."""
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--eval-timesteps",
+        default="",
+        help="with --eval-only: comma-separated inference step counts to evaluate in one pass",
+    )
+    args = parser.parse_args(argv)
+    if args.eval_timesteps:
+        if not args.eval_only:
+            parser.error("--eval-timesteps evaluates a trained model: add --eval-only")
+        parse_counts(args.eval_timesteps)  # fail before launching workers
+    return args
