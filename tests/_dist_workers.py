@@ -31,6 +31,7 @@ class ToyModel(nn.Module):
 def toy_cfg(grad: str, norm: str):
     opts = ["MODEL.RECURRENT.GRAD", grad, "MODEL.RECURRENT.TIMESTEPS", 5]
     opts += ["MODEL.RECURRENT.NEUMANN_STEPS", 6, "MODEL.HGRU.NORM", norm, "MODEL.HGRU.GN_GROUPS", 2]
+    opts += ["MODEL.RECURRENT.LCP_TAU", 0.05]  # small enough that the penalty is active (> 0)
     return get_rpanoptic_cfg("", [str(o) for o in opts])
 
 

@@ -61,7 +61,23 @@ def datasets(tmp_path_factory):
 
 
 @pytest.mark.parametrize(
-    "grad, norm", [("crbp", "GN"), ("bptt", "GN"), ("rbp", "SyncBN"), ("bptt", "SyncBN")]
+    "grad, norm",
+    [
+        ("crbp", "GN"),
+        ("cbptt", "GN"),
+        ("bptt", "GN"),
+        ("rbp", "SyncBN"),
+        ("bptt", "SyncBN"),
+        pytest.param(
+            "crbp",
+            "SyncBN",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="the LCP's double backward goes through fvcore's all-reduce, whose "
+                "backward is not itself differentiable across processes (README, SyncBN)",
+            ),
+        ),
+    ],
 )
 def test_ddp_gradient_equals_one_process_on_the_whole_batch(tmp_path, grad, norm):
     launch_two(toy_gradients, grad, norm, str(tmp_path))
@@ -69,6 +85,8 @@ def test_ddp_gradient_equals_one_process_on_the_whole_batch(tmp_path, grad, norm
     cfg = toy_cfg(grad, "BN" if norm == "SyncBN" else norm)  # one process: plain BatchNorm
     model = ToyModel(cfg)
     toy_loss(model, toy_inputs()).backward()
+    if grad.startswith("c"):
+        assert model.recurrence.lcp > 0.01  # the penalty's double backward is exercised
     for name, p in model.named_parameters():
         torch.testing.assert_close(ranks[0]["grads"][name], ranks[1]["grads"][name])
         torch.testing.assert_close(ranks[0]["grads"][name], p.grad, rtol=1e-7, atol=1e-10)
