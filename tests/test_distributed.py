@@ -68,15 +68,7 @@ def datasets(tmp_path_factory):
         ("bptt", "GN"),
         ("rbp", "SyncBN"),
         ("bptt", "SyncBN"),
-        pytest.param(
-            "crbp",
-            "SyncBN",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="the LCP's double backward goes through fvcore's all-reduce, whose "
-                "backward is not itself differentiable across processes (README, SyncBN)",
-            ),
-        ),
+        ("crbp", "SyncBN"),
     ],
 )
 def test_ddp_gradient_equals_one_process_on_the_whole_batch(tmp_path, grad, norm):
@@ -91,11 +83,11 @@ def test_ddp_gradient_equals_one_process_on_the_whole_batch(tmp_path, grad, norm
         torch.testing.assert_close(ranks[0]["grads"][name], ranks[1]["grads"][name])
         torch.testing.assert_close(ranks[0]["grads"][name], p.grad, rtol=1e-7, atol=1e-10)
     if norm == "SyncBN":  # both processes normalised with the statistics of the whole batch
-        mean = [b for n, b in model.named_buffers() if n.endswith("running_mean")]
-        synced = [b for n, b in ranks[0]["buffers"].items() if n.endswith("running_mean")]
-        assert len(mean) == len(synced) == 4
-        for ours, theirs in zip(synced, mean):
-            torch.testing.assert_close(ours, theirs, rtol=1e-7, atol=1e-10)
+        stats = {n: b for n, b in model.named_buffers() if n.endswith(("_mean", "_var"))}
+        assert len(stats) == 8
+        for name, theirs in stats.items():
+            for rank in ranks:
+                torch.testing.assert_close(rank["buffers"][name], theirs, rtol=1e-7, atol=1e-10)
 
 
 def _train_argv(out, *extra):

@@ -65,9 +65,15 @@ def test_bad_arguments(kwargs, pattern):
         HGRUCell(32, **kwargs)
 
 
-def test_syncbn_builds():
+def test_syncbn_builds_and_is_batchnorm_in_one_process():
+    from rpanoptic.recurrence.sync_bn import SyncBatchNorm2d
+
     cell = HGRUCell(8, norm="SyncBN")
-    assert isinstance(cell.norms[0], torch.nn.SyncBatchNorm)
+    assert isinstance(cell.norms[0], SyncBatchNorm2d)
+    sync, plain = SyncBatchNorm2d(8), torch.nn.BatchNorm2d(8)
+    x = torch.randn(3, 8, 5, 5)
+    torch.testing.assert_close(sync(x), plain(x))
+    torch.testing.assert_close(sync.running_var, plain.running_var)
 
 
 def test_softplus_matches_reference_with_exact_derivatives():

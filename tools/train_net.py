@@ -10,19 +10,10 @@
   #     --dist-url tcp://<host of rank 0>:<port>
 Without CUDA, --num-gpus N starts N CPU processes (gloo).
 """
-from detectron2.engine import launch
-
 import rpanoptic  # noqa: F401  (registers rpanoptic's components, also in spawned workers)
-from rpanoptic.engine.cli import main, parse_args
+from rpanoptic.engine.cli import launch_main, main, parse_args  # noqa: F401  (main: for tests)
 
 if __name__ == "__main__":
     args = parse_args()
     print("Command Line Args:", args)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    launch_main(args)

@@ -5,14 +5,14 @@ process runs; in the package so that process launchers (``launch``, submitit job
 import argparse
 from typing import List, Optional
 
-from detectron2.engine import default_argument_parser
+from detectron2.engine import default_argument_parser, launch
 
 from ..evaluation import parse_counts, timestep_sweep
 from .checkpoint import load_weights
 from .setup import setup
 from .trainer import Trainer
 
-__all__ = ["main", "parse_args"]
+__all__ = ["launch_main", "main", "parse_args"]
 
 
 def main(args: argparse.Namespace):
@@ -43,3 +43,16 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
             parser.error("--eval-timesteps evaluates a trained model: add --eval-only")
         parse_counts(args.eval_timesteps)  # fail before launching workers
     return args
+
+
+def launch_main(args: argparse.Namespace) -> None:
+    """Run :func:`main` in ``args.num_gpus`` processes on each of ``args.num_machines`` machines
+    (Detectron2's ``launch``: NCCL on GPUs, gloo on CPU processes)."""
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )

@@ -10,9 +10,8 @@ import zlib
 from typing import List, Optional
 
 import submitit
-from detectron2.engine import launch
 
-from .cli import main, parse_args
+from .cli import launch_main, parse_args
 
 __all__ = ["TrainJob", "make_executor", "submit"]
 
@@ -57,14 +56,7 @@ class TrainJob:
             args.num_gpus,
             args.dist_url,
         )
-        launch(
-            main,
-            args.num_gpus,
-            num_machines=args.num_machines,
-            machine_rank=args.machine_rank,
-            dist_url=args.dist_url,
-            args=(args,),
-        )
+        launch_main(args)
 
     def checkpoint(self) -> submitit.helpers.DelayedSubmission:
         """Called by submitit on preemption or timeout: requeue the same job with ``--resume``."""

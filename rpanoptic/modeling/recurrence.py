@@ -3,7 +3,6 @@
 import logging
 from typing import Dict
 
-from detectron2.layers import NaiveSyncBatchNorm
 from torch import nn
 
 from ..recurrence import GRAD_MODES, HGRUCell, Recurrence
@@ -66,13 +65,6 @@ def validate_recurrent_config(cfg) -> None:
             raise ValueError(f"Config {key} = {value!r} is invalid; allowed: {allowed}.")
 
 
-def _sync_batch_norm(channels: int) -> nn.Module:
-    """BatchNorm with statistics over every process: detectron2's NaiveSyncBatchNorm, which
-    all-reduces through torch.distributed on any backend (torch's SyncBatchNorm accepts only GPU
-    tensors, so CPU processes on gloo could not use it); a plain BatchNorm in one process."""
-    return NaiveSyncBatchNorm(channels)
-
-
 def build_recurrence(cfg, channels: int) -> Recurrence:
     """A :class:`Recurrence` of an :class:`HGRUCell` with ``channels``, as MODEL.RECURRENT and
     MODEL.HGRU say. Reads: MODEL.RECURRENT.{GRAD, TIMESTEPS, TEST_TIMESTEPS, NEUMANN_STEPS,
@@ -88,7 +80,7 @@ def build_recurrence(cfg, channels: int) -> Recurrence:
     cell = HGRUCell(
         channels,
         kernel_size=g.KERNEL_SIZE,
-        norm=_sync_batch_norm if g.NORM == "SyncBN" else g.NORM,
+        norm=g.NORM,
         nonlinearity=g.NONLINEARITY,
         timesteps=r.TIMESTEPS,
         gn_groups=g.GN_GROUPS,

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .sync_bn import SyncBatchNorm2d
+
 __all__ = ["HGRUCell", "NONLINEARITIES", "NORMS", "softplus"]
 
 
@@ -77,7 +79,7 @@ def _group_norm(channels: int, groups: int) -> nn.Module:
 NORMS: Dict[str, Callable[[int, int], nn.Module]] = {
     "GN": _group_norm,
     "BN": lambda c, g: nn.BatchNorm2d(c),
-    "SyncBN": lambda c, g: nn.SyncBatchNorm(c),
+    "SyncBN": lambda c, g: SyncBatchNorm2d(c),
     "": lambda c, g: nn.Identity(),
 }
 
