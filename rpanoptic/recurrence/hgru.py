@@ -23,7 +23,7 @@ cannot cancel them. Normalisation gains start at 0.1 as in the reference hGRU, w
 fresh cell contractive (its Jacobian's spectral radius below 1, tested).
 """
 
-from typing import Callable, Dict, Union
+from typing import Callable, Dict
 
 import torch
 import torch.nn.functional as F
@@ -99,8 +99,7 @@ class HGRUCell(nn.Module):
     Args:
         channels: C, channels of the input and the state.
         kernel_size: size k of the inhibition and excitation kernels (odd).
-        norm: "GN", "BN", "SyncBN" or "" (none), the normalisation N1..N4; or a callable
-            ``channels -> nn.Module`` making each of them (e.g. another synchronised BatchNorm).
+        norm: "GN", "BN", "SyncBN" or "" (none), the normalisation N1..N4.
         nonlinearity: "softplus", "relu" or "tanh", the function f.
         timesteps: N used only to initialise the gate biases (u ~ U(1, N - 1)).
         gn_groups: number of groups when ``norm == "GN"``; must divide ``channels``.
@@ -110,7 +109,7 @@ class HGRUCell(nn.Module):
         self,
         channels: int,
         kernel_size: int = 3,
-        norm: Union[str, Callable[[int], nn.Module]] = "GN",
+        norm: str = "GN",
         nonlinearity: str = "softplus",
         *,
         timesteps: int = 8,
@@ -123,11 +122,8 @@ class HGRUCell(nn.Module):
             raise ValueError(f"HGRUCell: kernel_size must be odd and >= 1, got {kernel_size}.")
         self.channels = channels
         self.nonlinearity = _lookup(NONLINEARITIES, nonlinearity, "nonlinearity")
-        if callable(norm):
-            self.norms = nn.ModuleList([norm(channels) for _ in range(4)])
-        else:
-            make_norm = _lookup(NORMS, norm, "norm")
-            self.norms = nn.ModuleList([make_norm(channels, gn_groups) for _ in range(4)])
+        make_norm = _lookup(NORMS, norm, "norm")
+        self.norms = nn.ModuleList([make_norm(channels, gn_groups) for _ in range(4)])
 
         self.gain_gate = nn.Conv2d(channels, channels, 1, bias=False)  # U1
         self.mix_gate = nn.Conv2d(channels, channels, 1, bias=False)  # U2
