@@ -23,8 +23,10 @@ def add_rpanoptic_config(cfg: CN) -> CN:
     cfg.MODEL.RECURRENT.NEUMANN_STEPS = 15
     # Stop the Neumann series once terms are this small relative to the sum; 0 disables.
     cfg.MODEL.RECURRENT.NEUMANN_RTOL = 0.0
-    # Weight of loss_lcp, the Lipschitz coefficient penalty (cbptt/crbp).
-    cfg.MODEL.RECURRENT.LCP_WEIGHT = 1.0
+    # Weight of loss_lcp, the Lipschitz coefficient penalty (cbptt/crbp); the authors' XI.
+    cfg.MODEL.RECURRENT.LCP_WEIGHT = 1e-3
+    # How the penalty reduces over the state's elements: "sum" (authors' panoptic code) | "mean".
+    cfg.MODEL.RECURRENT.LCP_REDUCTION = "sum"
     # tau of the penalty: the bound on the Jacobian's column sums.
     cfg.MODEL.RECURRENT.LCP_TAU = 0.9
     # Relative-change tolerance of per-sample halting at inference; 0 disables.

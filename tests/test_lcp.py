@@ -1,5 +1,6 @@
 """The Lipschitz coefficient penalty: exact values, gradients, and that it makes cells contract."""
 
+import pytest
 import torch
 from _cells import LinearCell, drive, small_hgru
 
@@ -13,26 +14,76 @@ def test_zero_for_strongly_contractive_cell():
     assert rec.lcp.item() == 0.0
 
 
-def test_closed_form_value_and_gradient():
-    # J = a I, so 1^T J = a everywhere: LCP = (a - tau)^2 and dLCP/da = 2 (a - tau).
-    for grad in ("cbptt", "crbp"):
-        cell = LinearCell(1.2)
-        rec = Recurrence(cell, 3, grad=grad, lcp_tau=0.9).train()
-        rec(drive())
-        (da,) = torch.autograd.grad(rec.lcp, [cell.a])
-        torch.testing.assert_close(rec.lcp.detach(), torch.tensor(0.09, dtype=torch.float64))
-        torch.testing.assert_close(da, torch.tensor(0.6, dtype=torch.float64))
+@pytest.mark.parametrize("grad", ["cbptt", "crbp"])
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_closed_form_value_and_gradient(grad, reduction):
+    # J = a I, so 1^T J = a at each of the n state elements: per element (a - tau)^2 with
+    # derivative 2 (a - tau); "sum" multiplies both by n, "mean" by 1.
+    cell = LinearCell(1.2)
+    x = drive()
+    n = x.numel() if reduction == "sum" else 1
+    rec = Recurrence(cell, 3, grad=grad, lcp_tau=0.9, lcp_reduction=reduction).train()
+    rec(x)
+    (da,) = torch.autograd.grad(rec.lcp, [cell.a])
+    torch.testing.assert_close(rec.lcp.detach(), torch.tensor(0.09 * n, dtype=torch.float64))
+    torch.testing.assert_close(da, torch.tensor(0.6 * n, dtype=torch.float64))
 
 
-def test_matches_dense_jacobian_column_sums():
+def test_default_reduction_is_the_sum():
+    rec = Recurrence(LinearCell(1.2), 3, grad="crbp", lcp_tau=0.9).train()
+    x = drive()
+    rec(x)
+    torch.testing.assert_close(
+        rec.lcp.detach(), torch.tensor(0.09 * x.numel(), dtype=torch.float64)
+    )
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_matches_dense_jacobian_column_sums(reduction):
     cell = small_hgru(norm="GN")
     x = drive(requires_grad=False)
     h = torch.rand_like(x).requires_grad_()
     tau = 0.2
     n = h.numel()
     jac = torch.autograd.functional.jacobian(lambda s: cell(x, s), h.detach()).reshape(n, n)
-    expected = torch.relu(jac.sum(0) - tau).pow(2).mean()
-    torch.testing.assert_close(lcp_penalty(cell(x, h), h, tau), expected)
+    per_element = torch.relu(jac.sum(0) - tau).pow(2)
+    expected = per_element.sum() if reduction == "sum" else per_element.mean()
+    torch.testing.assert_close(lcp_penalty(cell(x, h), h, tau, reduction), expected)
+
+
+def _authors_penalty(cell, x, h_prev, tau, xi):
+    """The authors' panoptic code, restated from its description: XI * sum((J^T 1 - tau)^+)^2,
+    with J^T 1 taken here from the dense Jacobian (not a vector-Jacobian product)."""
+    n = h_prev.numel()
+    jac = torch.autograd.functional.jacobian(
+        lambda s: cell(x, s), h_prev, create_graph=True
+    ).reshape(n, n)
+    return xi * ((jac.sum(0) - tau).clamp(min=0) ** 2).sum()
+
+
+def test_weighted_default_penalty_equals_authors_penalty_and_its_gradient():
+    """0.001 x our default (sum) penalty is the authors' XI = 1e-3 penalty: same value, same
+    gradient for every parameter and for the input x (factor 1)."""
+    cell = small_hgru(norm="GN", timesteps=20)  # slow gates: column sums above tau
+    x = drive()
+    rec = Recurrence(cell, 4, grad="crbp", neumann_steps=2, lcp_tau=0.5).train()
+    rec(x)
+    ours = 1e-3 * rec.lcp
+    with torch.no_grad():
+        h_prev = torch.zeros_like(x)
+        for _ in range(3):  # the state the last step starts from
+            h_prev = cell(x, h_prev)
+    theirs = _authors_penalty(cell, x, h_prev, 0.5, 1e-3)
+    assert theirs.item() > 0
+    torch.testing.assert_close(ours, theirs)
+    inputs = [x, *cell.parameters()]
+    for a, b in zip(torch.autograd.grad(ours, inputs), torch.autograd.grad(theirs, inputs)):
+        torch.testing.assert_close(a, b)
+
+
+def test_unknown_reduction_names_the_choices():
+    with pytest.raises(ValueError, match="lcp_reduction='max'.*'sum' \\| 'mean'"):
+        Recurrence(LinearCell(0.5), 3, lcp_reduction="max")
 
 
 def test_positive_with_gradients_when_not_contractive_enough():

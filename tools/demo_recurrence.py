@@ -230,6 +230,7 @@ def build(mode, args):
         grad=mode,
         neumann_steps=args.neumann_steps,
         lcp_tau=args.lcp_tau,
+        lcp_reduction="mean",  # as the authors' Pathfinder code; the weight is per element
     )
     return Tracer(args.channels, args.kernel_size, kw)
 

@@ -1,7 +1,8 @@
-"""Training: :class:`Trainer` and :class:`LCPHook`, plus :func:`setup` for command-line tools."""
+"""Training: :class:`Trainer`, :class:`LCPHook` and :class:`ParameterStatsHook`, plus
+:func:`setup` for command-line tools."""
 
-from .hooks import LCPHook
+from .hooks import LCPHook, ParameterStatsHook
 from .setup import setup
 from .trainer import Trainer, wrap_data_parallel
 
-__all__ = ["LCPHook", "Trainer", "setup", "wrap_data_parallel"]
+__all__ = ["LCPHook", "ParameterStatsHook", "Trainer", "setup", "wrap_data_parallel"]

@@ -20,7 +20,13 @@ from ..data.synthetic import (
 )
 from ..data.synthetic_scene import SceneSpec
 from ..evaluation import timestep_sweep
-from ..evaluation.report import draw_predictions, draw_unfolding, plot_training_curves, write_report
+from ..evaluation.report import (
+    draw_predictions,
+    draw_unfolding,
+    plot_recurrent_diagnostics,
+    plot_training_curves,
+    write_report,
+)
 from .setup import get_rpanoptic_cfg
 from .trainer import Trainer
 
@@ -125,6 +131,10 @@ def run_demo(cfg, counts: Sequence[int] = (), num_pictures: int = 4) -> Dict[str
         json.dump({"final": results, "timestep_sweep": sweep}, f, indent=2)
     files["training curves"] = os.path.join(out, "training_curves.png")
     plot_training_curves(os.path.join(out, "metrics.json"), files["training curves"])
+    diagnostics = os.path.join(out, "recurrent_diagnostics.png")
+    tau = cfg.MODEL.RECURRENT.LCP_TAU
+    if plot_recurrent_diagnostics(os.path.join(out, "metrics.json"), diagnostics, tau):
+        files["contraction during training"] = diagnostics
 
     dataset = cfg.DATASETS.TEST[0]
     standard = dataset[: -len("_separated")] if dataset.endswith("_separated") else dataset

@@ -1,4 +1,5 @@
-"""LCPHook: adds the Lipschitz coefficient penalty to the training loss and logs diagnostics."""
+"""Training hooks: LCPHook adds the Lipschitz coefficient penalty to the loss and logs recurrence
+diagnostics; ParameterStatsHook logs how far each group of parameters moves."""
 
 import logging
 from typing import Dict, Optional
@@ -6,10 +7,10 @@ from typing import Dict, Optional
 import torch
 from detectron2.engine import HookBase
 
-from ..modeling.recurrence import recurrent_layers
+from ..modeling.recurrence import parameter_groups, recurrent_layers
 from ..recurrence import Recurrence
 
-__all__ = ["LCPHook"]
+__all__ = ["LCPHook", "ParameterStatsHook"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ class LCPHook(HookBase):
         self,
         cfg=None,
         *,
-        lcp_weight: float = 1.0,
+        lcp_weight: float = 1e-3,
         period: int = 100,
         power_iters: int = 10,
         max_samples: int = 4,
@@ -128,3 +129,63 @@ class LCPHook(HookBase):
         if lcp is not None:
             out["lcp"] = lcp.detach()
         return {k: float(v) for k, v in out.items()}
+
+
+class ParameterStatsHook(HookBase):
+    """Logs, every ``period`` iterations, how much each group of parameters learns.
+
+    For each group of :func:`rpanoptic.modeling.parameter_groups` (recurrent cells, RFPN
+    scales, backbone, FPN, heads) it puts ``params/<group>/<metric>`` in the event storage:
+    ``weight_norm`` (L2 norm of the group after the step), ``grad_norm`` (L2 norm of the
+    gradient the step used, penalty included), ``update_norm`` (L2 norm of the change the
+    optimizer made) and ``update_ratio`` (update_norm / weight_norm). A group whose
+    update_ratio stays orders of magnitude below the others' is not learning.
+
+    Args:
+        cfg: reads MODEL.RECURRENT.DIAGNOSTICS_PERIOD when given; otherwise ``period``.
+    """
+
+    def __init__(self, cfg=None, *, period: int = 100):
+        self.period = int(cfg.MODEL.RECURRENT.DIAGNOSTICS_PERIOD if cfg is not None else period)
+        self.groups: Dict[str, Dict[str, torch.nn.Parameter]] = {}
+        self._before: Optional[Dict[str, list]] = None
+
+    def before_train(self):
+        self.groups = parameter_groups(self.trainer.model)
+
+    def _due(self, iteration: int) -> bool:
+        return self.period > 0 and (iteration + 1) % self.period == 0
+
+    def before_step(self):
+        self._before = None
+        if self._due(self.trainer.iter):
+            self._before = {
+                g: [p.detach().clone() for p in params.values()]
+                for g, params in self.groups.items()
+            }
+
+    @torch.no_grad()
+    def after_step(self):
+        if self._before is None:
+            return
+        storage = self.trainer.storage
+        for group, params in self.groups.items():
+            weight = _norm([p for p in params.values()])
+            grad = _norm([p.grad for p in params.values() if p.grad is not None])
+            update = _norm([p - b for p, b in zip(params.values(), self._before[group])])
+            stats = {
+                "weight_norm": weight,
+                "grad_norm": grad,
+                "update_norm": update,
+                "update_ratio": update / max(weight, 1e-12),
+            }
+            for metric, value in stats.items():
+                storage.put_scalar(f"params/{group}/{metric}", value, smoothing_hint=False)
+        self._before = None
+
+
+def _norm(tensors) -> float:
+    """L2 norm of a list of tensors taken together (0 for none)."""
+    if not tensors:
+        return 0.0
+    return float(torch.linalg.vector_norm(torch.stack([t.detach().norm() for t in tensors])))

@@ -22,7 +22,7 @@ from detectron2.utils.logger import setup_logger
 
 from ..modeling import build_model
 from .checkpoint import RPanopticCheckpointer
-from .hooks import LCPHook
+from .hooks import LCPHook, ParameterStatsHook
 from .resume import (
     SkipSampler,
     check_recurrent_settings,
@@ -50,7 +50,8 @@ def wrap_data_parallel(model: torch.nn.Module, cfg) -> torch.nn.Module:
 
 
 class Trainer(DefaultTrainer):
-    """DefaultTrainer + :class:`LCPHook` + COCO panoptic / instance / semantic evaluation.
+    """DefaultTrainer + :class:`LCPHook` + :class:`ParameterStatsHook` + COCO panoptic /
+    instance / semantic evaluation.
 
     A non-finite recurrent state raises FloatingPointError naming the layer and the step
     (MODEL.RECURRENT.CHECK_FINITE); the periodic checkpoints written before stay on disk.
@@ -134,6 +135,7 @@ class Trainer(DefaultTrainer):
         hooks = super().build_hooks()
         # Before the writers (the last hooks), so that diagnostics of an iteration are written.
         hooks.insert(len(hooks) - 1, LCPHook(self.cfg))
+        hooks.insert(len(hooks) - 1, ParameterStatsHook(self.cfg))
         return hooks
 
     @classmethod

@@ -17,6 +17,8 @@ from .sweep import sweep_mode
 
 __all__ = [
     "plot_training_curves",
+    "plot_recurrent_diagnostics",
+    "read_metrics",
     "predict",
     "draw_predictions",
     "draw_unfolding",
@@ -35,12 +37,73 @@ def _pyplot():
     return plt
 
 
+def read_metrics(metrics_json: str) -> List[dict]:
+    """The records of a Detectron2 ``metrics.json`` (one JSON object per line)."""
+    with open(metrics_json) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _series(records: List[dict], key: str):
+    pts = [(r["iteration"], r[key]) for r in records if key in r]
+    return tuple(zip(*pts)) if pts else ((), ())
+
+
+# (metric logged under recurrent/<layer>/, axis title, log scale)
+_RECURRENT_PANELS = [
+    ("spectral_radius", "spectral radius of dF/dh at h_N", False),
+    ("neumann_fallbacks", "Neumann series stopped by the safeguard", False),
+    ("lcp", "LCP of the layer (unweighted)", True),
+]
+
+
+def plot_recurrent_diagnostics(
+    metrics_json: str, out_png: str, tau: Optional[float] = None
+) -> List[str]:
+    """Plot, against the iteration, each recurrent layer's spectral-radius estimate, Neumann
+    fallbacks and penalty, and each parameter group's update ratio (||update|| / ||weights||
+    of one step), from the scalars LCPHook and ParameterStatsHook logged to ``metrics.json``.
+
+    Returns the recurrent layers found (none: nothing is drawn).
+    """
+    records = read_metrics(metrics_json)
+    keys = {k for r in records for k in r}
+    layers = sorted({k.split("/")[1] for k in keys if k.startswith("recurrent/")})
+    groups = sorted({k.split("/")[1] for k in keys if k.startswith("params/")})
+    if not layers and not groups:
+        return []
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4))
+    for ax, (metric, title, log) in zip(axes, _RECURRENT_PANELS):
+        for layer in layers:
+            it, v = _series(records, f"recurrent/{layer}/{metric}")
+            if it:
+                ax.plot(it, v, "-o", ms=3, label=layer)
+        if metric == "spectral_radius":
+            ax.axhline(1.0, color="k", lw=1, ls="--", label="1 (contraction limit)")
+            if tau is not None:
+                ax.axhline(tau, color="gray", lw=1, ls=":", label=f"tau = {tau}")
+        if log and any(ln.get_ydata().size and min(ln.get_ydata()) > 0 for ln in ax.lines):
+            ax.set_yscale("log")
+        ax.set(xlabel="iteration", title=title)
+    ax = axes[3]
+    for group in groups:
+        it, v = _series(records, f"params/{group}/update_ratio")
+        if it:
+            ax.plot(it, v, "-o", ms=3, label=group)
+    ax.set(xlabel="iteration", title="||update|| / ||weights|| per step", yscale="log")
+    for ax in axes:
+        if ax.lines:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return layers
+
+
 def plot_training_curves(metrics_json: str, out_png: str) -> List[str]:
     """Plot every ``loss_*`` and ``total_loss`` of a Detectron2 ``metrics.json`` against the
     iteration (log scale); returns the plotted keys."""
-    with open(metrics_json) as f:
-        records = [json.loads(line) for line in f if line.strip()]
-    records = [r for r in records if "total_loss" in r]
+    records = [r for r in read_metrics(metrics_json) if "total_loss" in r]
     keys = sorted({k for r in records for k in r if k.startswith("loss_")}) + ["total_loss"]
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))

@@ -4,13 +4,19 @@
 
 from .build import build_model
 from .mask_head import RecurrentMaskRCNNConvUpsampleHead
-from .recurrence import build_recurrence, recurrent_layers, validate_recurrent_config
+from .recurrence import (
+    build_recurrence,
+    parameter_groups,
+    recurrent_layers,
+    validate_recurrent_config,
+)
 from .rfpn import RFPN, RecurrentLevel, build_resnet_rfpn_backbone
 
 __all__ = [
     "build_model",
     "build_recurrence",
     "recurrent_layers",
+    "parameter_groups",
     "validate_recurrent_config",
     "RFPN",
     "RecurrentLevel",

@@ -5,10 +5,16 @@ from typing import Dict
 
 from torch import nn
 
-from ..recurrence import GRAD_MODES, HGRUCell, Recurrence
+from ..recurrence import GRAD_MODES, LCP_REDUCTIONS, HGRUCell, Recurrence
 from ..recurrence.hgru import NONLINEARITIES, NORMS
 
-__all__ = ["build_recurrence", "validate_recurrent_config", "recurrent_layers", "warn_unhooked_lcp"]
+__all__ = [
+    "build_recurrence",
+    "validate_recurrent_config",
+    "recurrent_layers",
+    "parameter_groups",
+    "warn_unhooked_lcp",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +38,10 @@ _RULES = {
     "MODEL.RECURRENT.NEUMANN_STEPS": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     "MODEL.RECURRENT.NEUMANN_RTOL": (lambda v: _is_num(v) and 0 <= v < 1, "0 <= value < 1"),
     "MODEL.RECURRENT.LCP_WEIGHT": (lambda v: _is_num(v) and v >= 0, "a number >= 0"),
+    "MODEL.RECURRENT.LCP_REDUCTION": (
+        lambda v: v in LCP_REDUCTIONS,
+        " | ".join(map(repr, LCP_REDUCTIONS)),
+    ),
     "MODEL.RECURRENT.LCP_TAU": (lambda v: _is_num(v) and v > 0, "a number > 0 (paper: 0.9)"),
     "MODEL.RECURRENT.HALT_TOL": (lambda v: _is_num(v) and v >= 0, "a number >= 0 (0 disables)"),
     "MODEL.RECURRENT.DIAGNOSTICS_PERIOD": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
@@ -68,8 +78,8 @@ def validate_recurrent_config(cfg) -> None:
 def build_recurrence(cfg, channels: int) -> Recurrence:
     """A :class:`Recurrence` of an :class:`HGRUCell` with ``channels``, as MODEL.RECURRENT and
     MODEL.HGRU say. Reads: MODEL.RECURRENT.{GRAD, TIMESTEPS, TEST_TIMESTEPS, NEUMANN_STEPS,
-    NEUMANN_RTOL, LCP_TAU, HALT_TOL, CHECK_FINITE}, MODEL.HGRU.{KERNEL_SIZE, NORM, GN_GROUPS,
-    NONLINEARITY}."""
+    NEUMANN_RTOL, LCP_TAU, LCP_REDUCTION, HALT_TOL, CHECK_FINITE},
+    MODEL.HGRU.{KERNEL_SIZE, NORM, GN_GROUPS, NONLINEARITY}."""
     validate_recurrent_config(cfg)
     r, g = cfg.MODEL.RECURRENT, cfg.MODEL.HGRU
     if g.NORM == "GN" and channels % g.GN_GROUPS != 0:
@@ -95,6 +105,7 @@ def build_recurrence(cfg, channels: int) -> Recurrence:
         halt_tol=r.HALT_TOL,
         neumann_rtol=r.NEUMANN_RTOL,
         check_finite=r.CHECK_FINITE,
+        lcp_reduction=r.LCP_REDUCTION,
     )
 
 
@@ -108,6 +119,37 @@ def recurrent_layers(model: nn.Module) -> Dict[str, Recurrence]:
     for name, layer in layers.items():
         layer.name = name
     return layers
+
+
+PARAMETER_GROUPS = ("recurrent", "rfpn_scale", "backbone", "fpn", "heads")
+
+
+def parameter_groups(model: nn.Module) -> Dict[str, Dict[str, nn.Parameter]]:
+    """The trainable parameters of a (Detectron2) model in groups, by name (unwrapping DDP).
+
+    Groups: ``recurrent`` (every :class:`Recurrence`'s cell), ``rfpn_scale`` (the RFPN levels'
+    residual scales: what is left of ``backbone.rfpn``), ``backbone`` (``backbone.bottom_up``),
+    ``fpn`` (the rest of the backbone) and ``heads`` (everything else, e.g. the RPN, the ROI
+    heads, the semantic head and a recurrent mask head's read-out). Empty groups are omitted.
+    """
+    model = getattr(model, "module", model)
+    prefixes = tuple(f"{name}." for name in recurrent_layers(model))
+    groups: Dict[str, Dict[str, nn.Parameter]] = {g: {} for g in PARAMETER_GROUPS}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if name.startswith(prefixes):
+            group = "recurrent"
+        elif name.startswith("backbone.rfpn."):
+            group = "rfpn_scale"
+        elif name.startswith("backbone.bottom_up."):
+            group = "backbone"
+        elif name.startswith("backbone."):
+            group = "fpn"
+        else:
+            group = "heads"
+        groups[group][name] = param
+    return {g: params for g, params in groups.items() if params}
 
 
 _warned = set()

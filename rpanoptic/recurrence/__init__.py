@@ -9,7 +9,7 @@
 
 from .diagnostics import fixed_point_residual, spectral_radius
 from .hgru import HGRUCell
-from .lcp import lcp_from_vjp, lcp_penalty, ones_vjp
+from .lcp import LCP_REDUCTIONS, lcp_from_vjp, lcp_penalty, ones_vjp
 from .rbp import ImplicitStep, ImplicitStepOptions, neumann_series
 from .runner import GRAD_MODES, Recurrence
 
@@ -21,6 +21,7 @@ __all__ = [
     "ImplicitStepOptions",
     "neumann_series",
     "lcp_penalty",
+    "LCP_REDUCTIONS",
     "lcp_from_vjp",
     "ones_vjp",
     "fixed_point_residual",

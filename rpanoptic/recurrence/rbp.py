@@ -89,6 +89,7 @@ class ImplicitStepOptions:
         lcp_tau: tau of the LCP; None when no penalty is computed (plain RBP).
         coupled: whether the cell couples the samples of a batch.
         stats: float tensor [fallbacks, terms, groups] accumulated in place by backward.
+        lcp_reduction: "sum" or "mean" over the state's elements (see ``lcp.py``).
     """
 
     neumann_steps: int
@@ -96,6 +97,7 @@ class ImplicitStepOptions:
     lcp_tau: Optional[float]
     coupled: bool
     stats: torch.Tensor
+    lcp_reduction: str = "sum"
 
 
 class ImplicitStep(torch.autograd.Function):
@@ -122,7 +124,7 @@ class ImplicitStep(torch.autograd.Function):
                 h_in = h_prev.detach().requires_grad_()
                 out = cell(x.detach(), h_in)
                 u = ones_vjp(out, h_in, create_graph=False)
-            return out.detach(), lcp_from_vjp(u, options.lcp_tau).detach()
+            return out.detach(), lcp_from_vjp(u, options.lcp_tau, options.lcp_reduction).detach()
 
     @staticmethod
     @once_differentiable
@@ -149,7 +151,7 @@ class ImplicitStep(torch.autograd.Function):
                 outputs.append(out)
                 grads.append(g)
             if grad_lcp is not None and options.lcp_tau is not None:
-                outputs.append(lcp_penalty(out, h_in, options.lcp_tau))
+                outputs.append(lcp_penalty(out, h_in, options.lcp_tau, options.lcp_reduction))
                 grads.append(grad_lcp)
             inputs = ([x_in] if needs_x else []) + list(ctx.params)
             if not outputs or not inputs:

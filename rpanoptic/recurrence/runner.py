@@ -26,7 +26,7 @@ from torch import nn
 
 from ._batch import batch_coupled, expand_as, frozen_running_stats, group_norm
 from .diagnostics import fixed_point_residual, spectral_radius
-from .lcp import lcp_penalty
+from .lcp import LCP_REDUCTIONS, lcp_penalty
 from .rbp import ImplicitStep, ImplicitStepOptions
 
 __all__ = ["Recurrence", "GRAD_MODES"]
@@ -43,7 +43,7 @@ def _unroll_with_graph(rec: "Recurrence", x: torch.Tensor, h: torch.Tensor) -> S
     if not h.requires_grad:  # N = 1 from a constant start: the penalty still needs dF/dh
         h = h.detach().requires_grad_()
     h_next = rec.cell(x, h)
-    return h_next, lcp_penalty(h_next, h, rec.lcp_tau)
+    return h_next, lcp_penalty(h_next, h, rec.lcp_tau, rec.lcp_reduction)
 
 
 def _unroll_implicit(rec: "Recurrence", x: torch.Tensor, h: torch.Tensor) -> Step:
@@ -57,6 +57,7 @@ def _unroll_implicit(rec: "Recurrence", x: torch.Tensor, h: torch.Tensor) -> Ste
         lcp_tau=rec.lcp_tau if rec.constrained else None,
         coupled=batch_coupled(rec.cell),
         stats=rec.neumann_stats(x.device),
+        lcp_reduction=rec.lcp_reduction,
     )
     params = [p for p in rec.cell.parameters() if p.requires_grad]
     h_next, lcp = ImplicitStep.apply(rec.cell, options, x, h, *params)
@@ -99,6 +100,8 @@ class Recurrence(nn.Module):
         neumann_rtol: relative tolerance that stops the Neumann series early (0 disables).
         check_finite: after each forward, check the final state and raise FloatingPointError
             naming the layer (``name``) and the first non-finite step (one host sync).
+        lcp_reduction: "sum" (the authors' panoptic code) or "mean" of the penalty over the
+            state's elements (see ``lcp.py``).
 
     After a training forward in "cbptt"/"crbp", ``lcp`` holds the penalty (a scalar tensor in the
     graph); otherwise it is None. After any forward, ``steps`` holds the steps taken per sample,
@@ -117,6 +120,7 @@ class Recurrence(nn.Module):
         halt_tol: float = 0.0,
         neumann_rtol: float = 0.0,
         check_finite: bool = False,
+        lcp_reduction: str = "sum",
     ):
         super().__init__()
         _check("grad", grad, grad in _TRAINING, " | ".join(repr(m) for m in GRAD_MODES))
@@ -151,7 +155,14 @@ class Recurrence(nn.Module):
             _is_number(neumann_rtol) and 0 <= neumann_rtol < 1,
             "0 <= neumann_rtol < 1",
         )
+        _check(
+            "lcp_reduction",
+            lcp_reduction,
+            lcp_reduction in LCP_REDUCTIONS,
+            " | ".join(repr(r) for r in LCP_REDUCTIONS),
+        )
         self.cell = cell
+        self.lcp_reduction = lcp_reduction
         self.timesteps, self.grad, self.neumann_steps = timesteps, grad, neumann_steps
         self.lcp_tau, self.test_timesteps, self.halt_tol = float(lcp_tau), test_timesteps, halt_tol
         self.neumann_rtol = float(neumann_rtol)
@@ -333,6 +344,6 @@ class Recurrence(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"timesteps={self.timesteps}, grad={self.grad!r}, neumann_steps={self.neumann_steps}, "
-            f"lcp_tau={self.lcp_tau}, test_timesteps={self.test_timesteps}, "
-            f"halt_tol={self.halt_tol}"
+            f"lcp_tau={self.lcp_tau}, lcp_reduction={self.lcp_reduction!r}, "
+            f"test_timesteps={self.test_timesteps}, halt_tol={self.halt_tol}"
         )

@@ -1,0 +1,142 @@
+"""Training hooks: the LCP's calibration against the authors' penalty, per-group parameter
+statistics, and recurrence diagnostics reaching metrics.json and the diagnostics plot."""
+
+import json
+
+import pytest
+import torch
+from _detectron import fake_batch, tiny_cfg
+from detectron2.engine import SimpleTrainer
+from detectron2.engine.hooks import PeriodicWriter
+from detectron2.utils.events import EventStorage, JSONWriter
+
+from rpanoptic.engine import LCPHook, ParameterStatsHook
+from rpanoptic.evaluation.report import plot_recurrent_diagnostics
+from rpanoptic.modeling import build_model, parameter_groups, recurrent_layers
+
+RFPN = "configs/COCO-PanopticSegmentation/panoptic_rfpn_R_50_crbp20_1x.yaml"
+RMASK = "configs/COCO-PanopticSegmentation/panoptic_rmask_R_50_crbp20_1x.yaml"
+
+
+@pytest.fixture(autouse=True)
+def _storage():
+    with EventStorage(0) as storage:  # detectron2's losses log to an event storage
+        yield storage
+
+
+def _attach(hook, model):
+    class _Trainer:  # the attribute LCPHook uses outside a training loop
+        pass
+
+    hook.trainer = _Trainer()
+    hook.trainer.model = model
+    hook.before_train()
+    return hook
+
+
+def test_default_config_reproduces_the_authors_penalty_on_the_mask_head():
+    """Default LCP_WEIGHT / LCP_REDUCTION: loss_lcp = XI * sum((1^T J - tau)^+)^2 with the
+    authors' XI = 1e-3, in value and in its gradient for every cell parameter."""
+    torch.manual_seed(0)
+    cfg = tiny_cfg(RMASK, "MODEL.RECURRENT.LCP_TAU", 0.1)  # tau low enough to be active
+    assert cfg.MODEL.RECURRENT.LCP_WEIGHT == 1e-3 and cfg.MODEL.RECURRENT.LCP_REDUCTION == "sum"
+    model = build_model(cfg).train()
+    hook = _attach(LCPHook(cfg), model)
+    (layer,) = recurrent_layers(model).values()
+    layer.keep_state = True
+    loss = model(fake_batch())["loss_lcp"]
+
+    cell, x = layer.cell, layer.last_input
+    with torch.no_grad():
+        h = torch.zeros_like(x)
+        for _ in range(cfg.MODEL.RECURRENT.TIMESTEPS - 1):
+            h = cell(x, h)
+    prev = h.requires_grad_()
+    last = cell(x, prev)
+    (vj,) = torch.autograd.grad(last, prev, torch.ones_like(last), create_graph=True)
+    theirs = 1e-3 * ((vj - 0.1).clamp(min=0) ** 2).sum()
+    assert theirs.item() > 0
+    torch.testing.assert_close(loss, theirs, rtol=1e-5, atol=0)
+    params = list(cell.parameters())
+    for a, b in zip(torch.autograd.grad(loss, params), torch.autograd.grad(theirs, params)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-9)
+    hook.after_train()
+
+
+@pytest.mark.parametrize(
+    "config, expected",
+    [
+        (RFPN, {"recurrent", "rfpn_scale", "backbone", "fpn", "heads"}),
+        (RMASK, {"recurrent", "backbone", "fpn", "heads"}),
+    ],
+)
+def test_parameter_groups_partition_the_model(config, expected):
+    model = build_model(tiny_cfg(config))
+    groups = parameter_groups(model)
+    assert set(groups) == expected
+    names = [n for params in groups.values() for n in params]
+    assert sorted(names) == sorted(n for n, p in model.named_parameters() if p.requires_grad)
+    layers = recurrent_layers(model)
+    assert all(any(n.startswith(f"{layer}.") for layer in layers) for n in groups["recurrent"])
+    assert all(n.startswith("backbone.bottom_up.") for n in groups["backbone"])
+
+
+def _train(model, tmp_path, iters=2, lr=0.1):
+    batches = iter([fake_batch(1, seed=s) for s in range(iters)])
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)  # no momentum: update = lr * grad
+    trainer = SimpleTrainer(model, batches, optimizer)
+    writer = JSONWriter(str(tmp_path / "metrics.json"))
+    trainer.register_hooks(
+        [
+            LCPHook(lcp_weight=1e-3, period=1),
+            ParameterStatsHook(period=1),
+            PeriodicWriter([writer], period=1),
+        ]
+    )
+    trainer.train(0, iters)
+    return trainer, tmp_path / "metrics.json"
+
+
+def test_parameter_stats_measure_the_sgd_update(tmp_path):
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(RFPN, "MODEL.RECURRENT.LCP_TAU", 0.1)).train()
+    trainer, _ = _train(model, tmp_path)
+    latest = trainer.storage.latest()
+    groups = parameter_groups(model)
+    for group, params in groups.items():
+        grad, update, weight, ratio = (
+            latest[f"params/{group}/{m}"][0]
+            for m in ("grad_norm", "update_norm", "weight_norm", "update_ratio")
+        )
+        assert grad > 0, group
+        assert update == pytest.approx(0.1 * grad, rel=1e-4), group  # plain SGD, lr 0.1
+        expected = torch.linalg.vector_norm(
+            torch.stack([p.detach().norm() for p in params.values()])
+        )
+        assert weight == pytest.approx(float(expected), rel=1e-6), group
+        assert ratio == pytest.approx(update / weight, rel=1e-6), group
+
+
+def test_diagnostics_reach_metrics_json_and_the_plot(tmp_path):
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(RFPN, "MODEL.RECURRENT.LCP_TAU", 0.1)).train()
+    _, metrics = _train(model, tmp_path)
+    records = [json.loads(line) for line in open(metrics) if line.strip()]
+    assert [r["iteration"] for r in records] == [0, 1]
+    for record in records:
+        for level in ("p2", "p3", "p4", "p5"):
+            key = f"recurrent/backbone.rfpn.{level}.recurrence/spectral_radius"
+            assert 0 < record[key] < 2, key
+        assert record["params/recurrent/update_ratio"] > 0
+        assert record["loss_lcp"] > 0
+    png = tmp_path / "diagnostics.png"
+    layers = plot_recurrent_diagnostics(str(metrics), str(png), tau=0.1)
+    assert layers == [f"backbone.rfpn.{lvl}.recurrence" for lvl in ("p2", "p3", "p4", "p5")]
+    assert png.stat().st_size > 10_000
+
+
+def test_diagnostics_plot_draws_nothing_without_recurrent_scalars(tmp_path):
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"iteration": 0, "total_loss": 1.0}) + "\n")
+    assert plot_recurrent_diagnostics(str(metrics), str(tmp_path / "d.png")) == []
+    assert not (tmp_path / "d.png").exists()
