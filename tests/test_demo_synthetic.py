@@ -10,9 +10,11 @@ import sys
 
 import numpy as np
 import pytest
+from scipy.stats import t as scipy_t
 
 from rpanoptic.data import SceneSpec, generate_synthetic_panoptic
-from rpanoptic.engine.compare import COUNTS, summarize, write_comparison
+from rpanoptic.engine.compare import COUNTS, Entry, run_plan, summarize, write_comparison
+from rpanoptic.evaluation.comparison import paired_tests
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = "configs/quick_schedules/panoptic_rfpn_R_18_crbp_instant_test.yaml"
@@ -103,21 +105,108 @@ def test_summary_is_mean_and_sample_sd_over_seeds(tmp_path):
 
 
 def test_compare_runs_each_config_and_resumes(env, tmp_path):
-    out = str(tmp_path / "compare")
+    results, out = str(tmp_path / "results"), str(tmp_path / "compare")
     configs = f"configs/Synthetic/panoptic_fpn_R_18.yaml,{QUICK}"
     args = ["--configs", configs, "--seeds", "0", "--iters", "2", "--device", "cpu"]
-    args += ["--output-dir", out, *DATA, "DATALOADER.NUM_WORKERS", "0", *SIZES]
+    args += ["--results-dir", results, "--output-dir", out, *DATA]
+    args += ["DATALOADER.NUM_WORKERS", "0", *SIZES]
     first = _run(env, "compare.py", *args)
-    assert first.stdout.count("-> ") == 2  # two runs, each announced
-    with open(os.path.join(out, "comparison.csv")) as f:
+    assert first.stdout.count("[start] ") == 2  # two runs, each announced
+    with open(os.path.join(results, "comparison.csv")) as f:
         rows = list(csv.DictReader(f))
     assert [r["model"] for r in rows] == ["Panoptic FPN (feed-forward)", "RFPN p3-p5, crbp N=3"]
     for row in rows:
         assert float(row["params_M"]) > 1 and float(row["train_peak_mb"]) > 100
         assert float(row["step_s"]) > 0 and float(row["infer_img_s"]) > 0
     assert float(rows[1]["params_M"]) > float(rows[0]["params_M"])
-    result = os.path.join(out, "panoptic_rfpn_R_18_crbp_instant_test", "seed0", "result.json")
+    result = os.path.join(results, "panoptic_rfpn_R_18_crbp_instant_test", "seed0.json")
+    with open(result) as f:
+        assert json.load(f)["iters"] == 2
     stamp = os.stat(result).st_mtime_ns
     again = _run(env, "compare.py", *args)
-    assert "-> " not in again.stdout and os.stat(result).st_mtime_ns == stamp
+    assert "[start] " not in again.stdout and os.stat(result).st_mtime_ns == stamp
     assert "| RFPN p3-p5, crbp N=3 |" in again.stdout
+
+
+def test_paired_tests_against_hand_computed_values():
+    runs = [
+        dict(_fake("feed-forward", s, pq, False), name="ff") for s, pq in enumerate([40, 42, 41])
+    ]
+    runs += [dict(_fake("rec", s, pq), name="rec") for s, pq in enumerate([41, 45, 42])]
+    runs += [dict(_fake("other", 0, 50.0), name="other")]  # one seed: no p-value
+    rows = paired_tests(runs, {"rec": "ff", "other": "ff", "ff": ""}, metrics=("PQ",))
+    rec, other = rows
+    d = np.array([1.0, 3.0, 1.0])
+    assert rec["n"] == 3 and rec["diff"] == pytest.approx(d.mean())
+    assert rec["diff_sd"] == pytest.approx(d.std(ddof=1))
+    t = d.mean() / (d.std(ddof=1) / np.sqrt(3))  # the paired t statistic, 2 degrees of freedom
+    assert rec["p"] == pytest.approx(2 * (1 - scipy_t.cdf(t, df=2)))
+    assert other["n"] == 1 and other["diff"] == pytest.approx(10.0) and np.isnan(other["p"])
+
+
+class _FakeRun:
+    """Stands in for a training process: writes a result and a checkpoint at once."""
+
+    def __init__(self, calls, entry, seed, folder, result, init, threads):
+        calls.append((entry.name, seed, init))
+        with open(os.path.join(folder, "model_final.pth"), "w") as f:
+            f.write("weights")
+        os.makedirs(os.path.dirname(result), exist_ok=True)
+        with open(result, "w") as f:
+            json.dump(dict(_fake(entry.label, seed, 40.0, False), name=entry.name), f)
+        self.returncode = 0
+
+    def poll(self):
+        return self.returncode
+
+
+def test_run_plan_orders_seed_by_seed_starts_from_parent_and_resumes(tmp_path):
+    plan = [
+        Entry("ff", "ff", "a.yaml", baseline=""),
+        Entry("half", "half", "a.yaml", fraction=0.5, baseline=""),
+        Entry("tuned", "tuned", "b.yaml", fraction=0.5, init_from="half", baseline="half"),
+    ]
+    results, out = str(tmp_path / "results"), str(tmp_path / "out")
+    calls = []
+
+    def launch(*a):
+        return _FakeRun(calls, *a)
+
+    got = run_plan(plan, [0, 1], results, out, launch, jobs=2, log=lambda s: None)
+    assert [(n, s) for n, s, _ in calls] == [
+        ("ff", 0), ("half", 0), ("tuned", 0), ("ff", 1), ("half", 1), ("tuned", 1)
+    ]  # fmt: skip
+    inits = {(n, s): init for n, s, init in calls}
+    assert inits[("tuned", 1)] == os.path.join(out, "half", "seed1", "model_final.pth")
+    assert len(got) == 6 and {r["name"] for r in got} == {"ff", "half", "tuned"}
+
+    # Resume on a machine without the checkpoints: only the fine-tune result is missing, so the
+    # parent is trained again for its checkpoint, and its committed result file is kept.
+    os.remove(os.path.join(results, "tuned", "seed1.json"))
+    committed = os.path.join(results, "half", "seed1.json")
+    stamp = os.stat(committed).st_mtime_ns
+    import shutil
+
+    shutil.rmtree(out)
+    calls.clear()
+    run_plan(plan, [0, 1], results, out, launch, jobs=1, log=lambda s: None)
+    assert [(n, s) for n, s, _ in calls] == [("half", 1), ("tuned", 1)]
+    assert os.stat(committed).st_mtime_ns == stamp
+    assert os.path.isfile(os.path.join(out, "half", "seed1", "result.json"))
+
+
+def test_run_plan_names_the_failed_run_and_keeps_results(tmp_path):
+    plan = [Entry("ff", "ff", "a.yaml", baseline=""), Entry("bad", "bad", "b.yaml")]
+
+    class Failing(_FakeRun):
+        def __init__(self, calls, entry, *a):
+            super().__init__(calls, entry, *a)
+            if entry.name == "bad":
+                self.returncode = 3
+
+    def launch(*a):
+        return Failing([], *a)
+
+    with pytest.raises(RuntimeError, match="bad seed 0 failed \\(exit 3\\).*log.txt"):
+        run_plan(plan, [0], str(tmp_path / "r"), str(tmp_path / "o"), launch, log=lambda s: None)
+    assert os.path.isfile(tmp_path / "r" / "ff" / "seed0.json")

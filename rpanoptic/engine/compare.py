@@ -1,34 +1,111 @@
-"""`make compare`: train several configs with the same schedule over several seeds, then put
-them side by side (PQ as mean and spread over seeds; parameters, training memory, step and
-inference time) with a plot of PQ against the number of inference steps.
+"""`make compare`: train a plan of models with one schedule over several seeds, then put them side
+by side: PQ as mean and spread over seeds, a paired test of each against its baseline (same
+seeds), parameters, training memory, step and inference time, and PQ against inference steps.
 
-Each (config, seed) run happens in a fresh process (:func:`run_one`, through
-``tools/compare.py --one``) so that its peak memory is its own, and writes ``result.json`` in its
-folder; a run whose ``result.json`` exists is not repeated, so an interrupted comparison resumes.
+A plan is a list of :class:`Entry`. An entry may start from the final weights of another
+(``init_from``) and train for a fraction of the schedule: that is how the fine-tuning path of a
+COCO user is compared (a feed-forward model trained for half the schedule, then fine-tuned for
+the other half as an RFPN C-RBP model, against the same model trained on as feed-forward).
+
+Each (entry, seed) run happens in a fresh process (``launch``) so that its peak memory is its
+own, and writes one small JSON result file to ``results_dir/<entry>/seed<k>.json`` (meant to be
+committed); a run whose result file exists is not repeated, so an interrupted comparison
+resumes, also on another machine. Checkpoints stay in ``output_dir`` (never committed); a run
+that starts from another's weights re-trains that run when its checkpoint is missing.
 """
 
-import csv
 import json
 import logging
 import os
 import resource
 import statistics
+import subprocess
 import time
-from typing import Dict, List, Sequence
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 from detectron2.data import build_detection_test_loader
 
+from ..evaluation.comparison import COUNTS, METRICS, summarize, write_comparison
 from .demo import demo_config, has_recurrence, train_and_evaluate
+from .setup import get_rpanoptic_cfg
 
-__all__ = ["COUNTS", "describe", "run_one", "summarize", "write_comparison"]
+__all__ = [
+    "COUNTS",
+    "DEFAULT_PLAN",
+    "Entry",
+    "describe",
+    "plan_from_configs",
+    "run_one",
+    "run_plan",
+    "load_results",
+    "summarize",
+    "write_comparison",
+]
 
 logger = logging.getLogger(__name__)
 
-COUNTS = [1, 2, 3, 5, 10, 20, 30]  # inference steps swept for every recurrent model
-METRICS = ["PQ", "PQ_th", "PQ_st", "SQ", "RQ"]
-COSTS = ["params_M", "train_peak_mb", "step_s", "infer_img_s"]
+
+@dataclass(frozen=True)
+class Entry:
+    """One model of a comparison.
+
+    Attributes:
+        name: folder and key of its results (unique in a plan).
+        label: how tables and plots name it.
+        config: config file, relative to the repository root.
+        opts: KEY VALUE overrides for this entry only.
+        fraction: fraction of the schedule's iterations it trains for.
+        init_from: name of the entry whose final weights it starts from ("" for none).
+        baseline: name of the entry it is tested against (paired over seeds); "" for none.
+    """
+
+    name: str
+    label: str
+    config: str
+    opts: Tuple[str, ...] = ()
+    fraction: float = 1.0
+    init_from: str = ""
+    baseline: str = "ff"
+
+
+_SYN = "configs/Synthetic/"
+DEFAULT_PLAN: List[Entry] = [
+    Entry("ff", "feed-forward", _SYN + "panoptic_fpn_R_18.yaml", baseline=""),
+    Entry("rfpn_bptt3", "RFPN, BPTT N=3", _SYN + "panoptic_rfpn_R_18_bptt.yaml"),
+    Entry(
+        "rfpn_rbp10",
+        "RFPN, RBP N=10 (no penalty)",
+        _SYN + "panoptic_rfpn_R_18_crbp.yaml",
+        ("MODEL.RECURRENT.GRAD", "rbp"),
+    ),
+    Entry("rfpn_crbp10", "RFPN, C-RBP N=10", _SYN + "panoptic_rfpn_R_18_crbp.yaml"),
+    Entry(
+        "rmask_crbp10", "recurrent mask head, C-RBP N=10", _SYN + "panoptic_rmask_R_18_crbp.yaml"
+    ),
+    Entry(
+        "ff_half", "feed-forward, half schedule", _SYN + "panoptic_fpn_R_18.yaml", (), 0.5, "", ""
+    ),
+    Entry(
+        "ff_half_ff",
+        "feed-forward half + feed-forward half",
+        _SYN + "panoptic_fpn_R_18.yaml",
+        (),
+        0.5,
+        "ff_half",
+        "",
+    ),
+    Entry(
+        "ff_half_crbp10",
+        "feed-forward half + RFPN C-RBP N=10 half (scale 0)",
+        _SYN + "panoptic_rfpn_R_18_crbp.yaml",
+        ("MODEL.RFPN.SCALE_INIT", "0.0"),
+        0.5,
+        "ff_half",
+        "ff_half_ff",
+    ),
+]
 
 
 def describe(cfg) -> str:
@@ -41,6 +118,18 @@ def describe(cfg) -> str:
     if cfg.MODEL.ROI_MASK_HEAD.NAME == "RecurrentMaskRCNNConvUpsampleHead":
         return f"recurrent mask head, {steps}"
     return "Panoptic FPN (feed-forward)"
+
+
+def plan_from_configs(configs: Sequence[str]) -> List[Entry]:
+    """A plan of whole-schedule runs of ``configs``, each tested against the first."""
+    names = [os.path.splitext(os.path.basename(c))[0] for c in configs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"compare: config file names must be distinct, got {names}")
+    labels = [describe(get_rpanoptic_cfg(c)) for c in configs]
+    return [
+        Entry(n, lbl, c, baseline=names[0] if i else "")
+        for i, (n, lbl, c) in enumerate(zip(names, labels, configs))
+    ]
 
 
 def _peak_memory_mb(device: str) -> float:
@@ -77,26 +166,52 @@ def _inference_seconds(cfg, model, images: int = 20) -> float:
     return statistics.median(times)
 
 
+def _write_json(path: str, data: Dict) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, path)
+
+
 def run_one(
     config_file: str,
     seed: int,
     output_dir: str,
+    result_path: str,
     iters: int = 0,
     device: str = "",
     opts: Sequence[str] = (),
+    *,
+    fraction: float = 1.0,
+    init_weights: str = "",
+    name: str = "",
+    label: str = "",
 ) -> Dict:
-    """Train and measure one config with one seed; writes and returns ``result.json``'s dict."""
-    cfg = demo_config(config_file, output_dir, iters, device, [*opts, "SEED", str(seed)])
+    """Train and measure one config with one seed; writes ``result_path`` and returns its dict.
+
+    ``iters`` (0: the config's SOLVER.MAX_ITER) times ``fraction`` iterations are trained,
+    starting from ``init_weights`` when given (else from scratch).
+    """
+    opts = [*opts, "SEED", str(seed)]
+    total = iters or get_rpanoptic_cfg(config_file, opts).SOLVER.MAX_ITER
+    cfg = demo_config(config_file, output_dir, max(1, round(total * fraction)), device, opts)
+    if init_weights:
+        cfg.MODEL.WEIGHTS = init_weights
     if cfg.MODEL.DEVICE.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     run = train_and_evaluate(cfg, COUNTS)
     model = run["model"]
     result = {
+        "name": name or os.path.splitext(os.path.basename(config_file))[0],
+        "model": label or describe(cfg),
         "config": os.path.relpath(config_file),
-        "model": describe(cfg),
+        "opts": list(opts[:-2]),
+        "init_from": init_weights,
         "seed": seed,
         "iters": cfg.SOLVER.MAX_ITER,
         "device": cfg.MODEL.DEVICE,
+        "threads": torch.get_num_threads(),
         **{m: run["results"]["panoptic_seg"][m] for m in METRICS},
         "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
         "train_peak_mb": _peak_memory_mb(cfg.MODEL.DEVICE),
@@ -111,96 +226,114 @@ def run_one(
         },
         "trained_timesteps": cfg.MODEL.RECURRENT.TIMESTEPS if has_recurrence(cfg) else 0,
     }
-    tmp = os.path.join(output_dir, "result.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(tmp, os.path.join(output_dir, "result.json"))
+    _write_json(result_path, result)
     return result
 
 
-def summarize(results: List[Dict]) -> List[Dict]:
-    """One row per model, in first-seen order: each metric's mean and standard deviation over
-    seeds (``PQ``, ``PQ_sd``, ...; sd is 0 for one seed) and the costs' means."""
-    by_model: Dict[str, List[Dict]] = {}
-    for r in results:
-        by_model.setdefault(r["model"], []).append(r)
-    rows = []
-    for model, runs in by_model.items():
-        row = {"model": model, "seeds": len(runs), "iters": runs[0]["iters"]}
-        for m in METRICS:
-            values = np.array([r[m] for r in runs], dtype=float)
-            row[m], row[m + "_sd"] = values.mean(), values.std(ddof=1) if len(runs) > 1 else 0.0
-        for c in COSTS:
-            row[c] = float(np.mean([r[c] for r in runs]))
-        rows.append(row)
-    return rows
+def result_file(results_dir: str, entry: Entry, seed: int) -> str:
+    return os.path.join(results_dir, entry.name, f"seed{seed}.json")
 
 
-def _plot(results: List[Dict], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for row in summarize(results):
-        runs = [r for r in results if r["model"] == row["model"]]
-        for ax, metric in zip(axes, ("PQ", "PQ_th")):
-            if not runs[0]["sweep"]:
-                ax.axhline(row[metric], color="gray", ls="--", label=row["model"])
-                continue
-            counts = sorted(int(t) for t in runs[0]["sweep"])
-            values = np.array([[r["sweep"][str(t)][metric] for t in counts] for r in runs])
-            line = ax.plot(counts, values.mean(0), "-o", ms=3, label=row["model"])[0]
-            ax.fill_between(
-                counts, values.min(0), values.max(0), alpha=0.15, color=line.get_color()
-            )
-            ax.axvline(runs[0]["trained_timesteps"], color=line.get_color(), ls=":", lw=1)
-    for ax, metric in zip(axes, ("PQ", "PQ_th")):
-        ax.set(
-            xlabel="inference steps t (dotted: trained N)",
-            ylabel=metric,
-            xscale="log",
-            title=f"{metric}: mean over seeds, band min-max",
-        )
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+def run_folder(output_dir: str, entry: Entry, seed: int) -> str:
+    return os.path.join(output_dir, entry.name, f"seed{seed}")
 
 
-def write_comparison(results: List[Dict], out_dir: str) -> Dict[str, str]:
-    """Write comparison.csv (per model), runs.csv (per run), comparison.md and pq_vs_steps.png.
+# launch(entry, seed, folder, result_path, init_weights, threads) -> a running Popen
+Launch = Callable[[Entry, int, str, str, str, int], subprocess.Popen]
 
-    Returns {what: path}.
+
+def run_plan(
+    plan: Sequence[Entry],
+    seeds: Sequence[int],
+    results_dir: str,
+    output_dir: str,
+    launch: Launch,
+    jobs: int = 1,
+    log: Callable[[str], None] = print,
+) -> List[Dict]:
+    """Run every (entry, seed) of ``plan`` whose result file is missing, ``jobs`` at a time
+    (each with cpu_count // jobs threads), seed by seed so that a comparison stopped early has
+    every model for some seeds. Returns all results, in plan order within each seed.
+
+    Raises RuntimeError naming the run and its log when a run fails; results already written
+    are kept.
     """
-    rows = summarize(results)
-    files = {k: os.path.join(out_dir, k) for k in ("comparison.csv", "runs.csv")}
-    for path, table in ((files["comparison.csv"], rows), (files["runs.csv"], results)):
-        fields = [k for k in table[0] if k != "sweep"]
-        with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(table)
-    header = "model | seeds | PQ | PQ_th | PQ_st | params (M) | train peak (MB) | step (s)"
-    lines = [f"| {header} | inference (s/img) |", "|---" * 9 + "|"]
-    for r in rows:
-        pq = " | ".join(f"{r[m]:.1f} ± {r[m + '_sd']:.1f}" for m in ("PQ", "PQ_th", "PQ_st"))
-        costs = f"{r['params_M']:.2f} | {r['train_peak_mb']:.0f} | {r['step_s']:.2f}"
-        lines.append(f"| {r['model']} | {r['seeds']} | {pq} | {costs} | {r['infer_img_s']:.3f} |")
-    lines += ["", "PQ at inference steps t (mean over seeds):", ""]
-    recurrent = [r for r in rows if any(x["sweep"] for x in results if x["model"] == r["model"])]
-    lines += [
-        "| model | " + " | ".join(f"t={t}" for t in COUNTS) + " |",
-        "|---" * (len(COUNTS) + 1) + "|",
-    ]
-    for r in recurrent:
-        runs = [x for x in results if x["model"] == r["model"]]
-        means = [np.mean([x["sweep"][str(t)]["PQ"] for x in runs]) for t in COUNTS]
-        lines.append(f"| {r['model']} | " + " | ".join(f"{v:.1f}" for v in means) + " |")
-    files["comparison.md"] = os.path.join(out_dir, "comparison.md")
-    with open(files["comparison.md"], "w") as f:
-        f.write("\n".join(lines) + "\n")
-    files["pq_vs_steps.png"] = os.path.join(out_dir, "pq_vs_steps.png")
-    _plot(results, files["pq_vs_steps.png"])
-    return files
+    by_name = {e.name: e for e in plan}
+    for e in plan:
+        if e.init_from and e.init_from not in by_name:
+            raise ValueError(f"compare: entry {e.name!r} starts from unknown {e.init_from!r}")
+    threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
+    pending = [(e, s) for s in seeds for e in plan]
+
+    def has_result(e, s):
+        return os.path.isfile(result_file(results_dir, e, s))
+
+    def checkpoint(e, s):
+        return os.path.join(run_folder(output_dir, e, s), "model_final.pth")
+
+    # A run that starts from another's weights needs its checkpoint: when it is missing, the
+    # other run is trained again (its committed result file is left as it is).
+    needed = {
+        (e.init_from, s)
+        for e, s in pending
+        if e.init_from
+        and not has_result(e, s)
+        and not os.path.isfile(checkpoint(by_name[e.init_from], s))
+    }
+    queue = [(e, s) for e, s in pending if not has_result(e, s) or (e.name, s) in needed]
+    running: Dict[Tuple[str, int], Tuple[subprocess.Popen, str]] = {}
+    start = time.time()
+    while queue or running:
+        for (name, seed), (proc, folder) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            del running[(name, seed)]
+            if proc.returncode != 0:
+                for other, _ in running.values():
+                    other.wait()
+                raise RuntimeError(
+                    f"compare: {by_name[name].label} seed {seed} failed (exit "
+                    f"{proc.returncode}); see {folder}/log.txt. Finished runs are kept: rerun "
+                    "to resume."
+                )
+            log(f"  done: {by_name[name].label} seed {seed} ({(time.time() - start) / 60:.0f} min)")
+        for entry, seed in list(queue):
+            if len(running) >= max(1, jobs):
+                break
+            parent = entry.init_from
+            if parent and ((parent, seed) in running or (by_name[parent], seed) in queue):
+                continue
+            queue.remove((entry, seed))
+            folder = run_folder(output_dir, entry, seed)
+            os.makedirs(folder, exist_ok=True)
+            target = result_file(results_dir, entry, seed)
+            if has_result(entry, seed):  # re-trained for its checkpoint only
+                target = os.path.join(folder, "result.json")
+            init = checkpoint(by_name[parent], seed) if parent else ""
+            log(f"[start] {entry.label} seed {seed} -> {folder}")
+            running[(entry.name, seed)] = (
+                launch(entry, seed, folder, target, init, threads),
+                folder,
+            )
+        if running:
+            time.sleep(0.5)
+    return [load_json(result_file(results_dir, e, s)) for e, s in pending if has_result(e, s)]
+
+
+def load_json(path: str) -> Dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def load_results(results_dir: str, plan: Sequence[Entry], seeds: Optional[Sequence[int]] = None):
+    """Every result file of ``plan`` under ``results_dir`` (all seeds found, or ``seeds``)."""
+    results = []
+    for entry in plan:
+        folder = os.path.join(results_dir, entry.name)
+        if not os.path.isdir(folder):
+            continue
+        for fname in sorted(os.listdir(folder)):
+            if fname.startswith("seed") and fname.endswith(".json"):
+                if seeds is None or int(fname[4:-5]) in seeds:
+                    results.append(load_json(os.path.join(folder, fname)))
+    return results
