@@ -109,7 +109,7 @@ def test_compare_runs_each_config_and_resumes(env, tmp_path):
     configs = f"configs/Synthetic/panoptic_fpn_R_18.yaml,{QUICK}"
     args = ["--configs", configs, "--seeds", "0", "--iters", "2", "--device", "cpu"]
     args += ["--results-dir", results, "--output-dir", out, *DATA]
-    args += ["DATALOADER.NUM_WORKERS", "0", *SIZES]
+    args += ["DATALOADER.NUM_WORKERS", "0", "MODEL.RECURRENT.DIAGNOSTICS_PERIOD", "1", *SIZES]
     first = _run(env, "compare.py", *args)
     assert first.stdout.count("[start] ") == 2  # two runs, each announced
     with open(os.path.join(results, "comparison.csv")) as f:
@@ -121,7 +121,11 @@ def test_compare_runs_each_config_and_resumes(env, tmp_path):
     assert float(rows[1]["params_M"]) > float(rows[0]["params_M"])
     result = os.path.join(results, "panoptic_rfpn_R_18_crbp_instant_test", "seed0.json")
     with open(result) as f:
-        assert json.load(f)["iters"] == 2
+        run = json.load(f)
+    assert run["iters"] == 2
+    radius = run["diagnostics"]["recurrent/backbone.rfpn.p3.recurrence/spectral_radius"]
+    assert [it for it, _ in radius] == [0, 1] and all(0 < r < 2 for _, r in radius)
+    assert len(run["diagnostics"]["params/recurrent/update_ratio"]) == 2
     stamp = os.stat(result).st_mtime_ns
     again = _run(env, "compare.py", *args)
     assert "[start] " not in again.stdout and os.stat(result).st_mtime_ns == stamp
@@ -210,3 +214,21 @@ def test_run_plan_names_the_failed_run_and_keeps_results(tmp_path):
     with pytest.raises(RuntimeError, match="bad seed 0 failed \\(exit 3\\).*log.txt"):
         run_plan(plan, [0], str(tmp_path / "r"), str(tmp_path / "o"), launch, log=lambda s: None)
     assert os.path.isfile(tmp_path / "r" / "ff" / "seed0.json")
+
+
+def test_contraction_script_trains_each_mode_and_plots(env, tmp_path):
+    res = tmp_path / "res"
+    args = ["--config-file", QUICK, "--iters", "2", "--period", "1", *DATA]
+    args += ["--output-dir", str(tmp_path / "out"), "--results-dir", str(res)]
+    done = _run(env, "contraction.py", *args, "DATALOADER.NUM_WORKERS", "0")
+    assert "crbp: spectral radius at iteration 1" in done.stdout
+    with open(res / "panoptic_rfpn_R_18_crbp_instant_test.csv") as f:
+        rows = list(csv.DictReader(f))
+    radius = [r for r in rows if r["metric"] == "spectral_radius"]
+    assert {(r["mode"], r["iteration"]) for r in radius} == {
+        (m, i) for m in ("crbp", "rbp") for i in ("0", "1")
+    }
+    assert len({r["layer"] for r in radius}) == 3  # p3-p5
+    assert all(0 < float(r["value"]) < 2 for r in radius)
+    assert {r["mode"] for r in rows if r["metric"] == "lcp"} == {"crbp"}  # rbp has no penalty
+    assert (res / "panoptic_rfpn_R_18_crbp_instant_test.png").stat().st_size > 10_000

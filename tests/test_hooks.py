@@ -140,3 +140,21 @@ def test_diagnostics_plot_draws_nothing_without_recurrent_scalars(tmp_path):
     metrics.write_text(json.dumps({"iteration": 0, "total_loss": 1.0}) + "\n")
     assert plot_recurrent_diagnostics(str(metrics), str(tmp_path / "d.png")) == []
     assert not (tmp_path / "d.png").exists()
+
+
+def test_contraction_table_and_picture(tmp_path):
+    from rpanoptic.engine.contraction import write_contraction
+
+    rows = [
+        dict(mode=m, iteration=i, layer=f"backbone.rfpn.{lvl}.recurrence", metric=k, value=v)
+        for m, base in (("crbp", 0.8), ("rbp", 1.1))
+        for i in (4, 9)
+        for lvl in ("p3", "p4")
+        for k, v in (("spectral_radius", base + i / 4), ("neumann_fallbacks", float(i > 5)))
+    ]
+    files = write_contraction(rows, str(tmp_path / "c.csv"), str(tmp_path / "c.png"), "t", 0.9)
+    with open(files["csv"]) as f:
+        lines = f.read().splitlines()
+    assert lines[0] == "mode,iteration,layer,metric,value" and len(lines) == len(rows) + 1
+    assert "rbp,9,backbone.rfpn.p4.recurrence,spectral_radius,3.35" in lines
+    assert (tmp_path / "c.png").stat().st_size > 10_000

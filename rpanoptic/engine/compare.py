@@ -225,9 +225,23 @@ def run_one(
             for t, r in run["sweep"].items()
         },
         "trained_timesteps": cfg.MODEL.RECURRENT.TIMESTEPS if has_recurrence(cfg) else 0,
+        "diagnostics": logged_diagnostics(os.path.join(output_dir, "metrics.json")),
     }
     _write_json(result_path, result)
     return result
+
+
+def logged_diagnostics(metrics_json: str) -> Dict[str, List[List[float]]]:
+    """The ``recurrent/*`` and ``params/*`` scalars of a metrics.json, as {key: [[iteration,
+    value], ...]}: the contraction and learning of the recurrent layers during training."""
+    series: Dict[str, List[List[float]]] = {}
+    with open(metrics_json) as f:
+        for line in f:
+            record = json.loads(line) if line.strip() else {}
+            for key, value in record.items():
+                if key.startswith(("recurrent/", "params/")):
+                    series.setdefault(key, []).append([record["iteration"], value])
+    return series
 
 
 def result_file(results_dir: str, entry: Entry, seed: int) -> str:
