@@ -4,7 +4,8 @@ and as RBP (no penalty), from the same random weights and synthetic images, and 
 recurrent layer's spectral-radius estimate, Neumann fallbacks and penalty against iterations.
 Writes results/contraction/<config>.csv and .png.
 
-  python tools/contraction.py --config-file configs/COCO-PanopticSegmentation/panoptic_rfpn_R_50_crbp20_1x.yaml
+  python tools/contraction.py \
+      --config-file configs/COCO-PanopticSegmentation/panoptic_rfpn_R_50_crbp20_1x.yaml
   python tools/contraction.py --config-file C --iters 60 --period 5 --size 256 KEY VALUE ...
 """
 import argparse
