@@ -33,7 +33,7 @@ def parse_args(argv=None):
     p.add_argument("--output-dir", default="output/compare", help="checkpoints and logs")
     p.add_argument("--train", type=int, default=400, help="synthetic training images")
     p.add_argument("--val", type=int, default=50, help="synthetic validation images")
-    p.add_argument("--size", type=int, default=160, help="synthetic image size (px)")
+    p.add_argument("--size", type=int, default=0, help="synthetic image size (px; 0: default)")
     # One run, in a child process (what the driver launches).
     p.add_argument("--one", default="", help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
@@ -49,9 +49,11 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     import rpanoptic  # noqa: F401  (registers rpanoptic's components and the synthetic datasets)
+    from rpanoptic.data import SceneSpec
     from rpanoptic.engine import compare
     from rpanoptic.engine.demo import ensure_synthetic_dataset
 
+    args.size = args.size or SceneSpec.size
     ensure_synthetic_dataset({"train": args.train, "val": args.val}, size=args.size)
     if args.one:  # a child process: one config, one seed
         compare.run_one(

@@ -14,6 +14,7 @@ import sys
 from detectron2.utils.logger import setup_logger
 
 import rpanoptic  # noqa: F401  (registers rpanoptic's components and the synthetic datasets)
+from rpanoptic.data import SceneSpec
 from rpanoptic.engine.demo import demo_config, ensure_synthetic_dataset, run_demo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,7 +31,7 @@ def parse_args(argv=None):
     p.add_argument("--device", default="", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--train", type=int, default=400, help="synthetic training images")
     p.add_argument("--val", type=int, default=50, help="synthetic validation images")
-    p.add_argument("--size", type=int, default=256, help="synthetic image size (px)")
+    p.add_argument("--size", type=int, default=SceneSpec.size, help="synthetic image size (px)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic dataset")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return p.parse_args(argv)

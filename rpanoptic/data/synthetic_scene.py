@@ -47,7 +47,7 @@ BASE_COLOR = {c["id"]: np.array(c["color"], dtype=np.float32) for c in CATEGORIE
 class SceneSpec:
     """What a scene may contain. Ranges are inclusive (low, high)."""
 
-    size: int = 256
+    size: int = 160
     curves: Tuple[int, int] = (2, 4)
     shapes: Tuple[int, int] = (2, 5)
     stuff_classes: Tuple[int, int] = (2, 3)
