@@ -166,6 +166,11 @@ def _inference_seconds(cfg, model, images: int = 20) -> float:
     return statistics.median(times)
 
 
+def _per_class(panoptic: Dict) -> Dict[str, float]:
+    """The per-category PQ of a ``panoptic_seg`` result (``PQ/<category>``)."""
+    return {k: v for k, v in panoptic.items() if k.startswith("PQ/")}
+
+
 def _write_json(path: str, data: Dict) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = path + ".tmp"
@@ -213,6 +218,7 @@ def run_one(
         "device": cfg.MODEL.DEVICE,
         "threads": torch.get_num_threads(),
         **{m: run["results"]["panoptic_seg"][m] for m in METRICS},
+        **_per_class(run["results"]["panoptic_seg"]),
         "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
         "train_peak_mb": _peak_memory_mb(cfg.MODEL.DEVICE),
         "step_s": _step_seconds(
@@ -221,7 +227,10 @@ def run_one(
         "infer_img_s": _inference_seconds(cfg, model),
         "train_s": run["train_s"],
         "sweep": {
-            str(t): {m: r["panoptic_seg"][m] for m in ("PQ", "PQ_th", "PQ_st")}
+            str(t): {
+                **{m: r["panoptic_seg"][m] for m in ("PQ", "PQ_th", "PQ_st")},
+                **_per_class(r["panoptic_seg"]),
+            }
             for t, r in run["sweep"].items()
         },
         "trained_timesteps": cfg.MODEL.RECURRENT.TIMESTEPS if has_recurrence(cfg) else 0,

@@ -11,15 +11,11 @@ from detectron2.data import MetadataCatalog, build_detection_train_loader
 from detectron2.data.samplers import TrainingSampler
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
 from detectron2.engine.defaults import create_ddp_model
-from detectron2.evaluation import (
-    COCOEvaluator,
-    COCOPanopticEvaluator,
-    DatasetEvaluators,
-    SemSegEvaluator,
-)
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, SemSegEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from ..evaluation.panoptic import PanopticEvaluator
 from ..modeling import build_model
 from .checkpoint import RPanopticCheckpointer
 from .hooks import LCPHook, ParameterStatsHook
@@ -50,8 +46,8 @@ def wrap_data_parallel(model: torch.nn.Module, cfg) -> torch.nn.Module:
 
 
 class Trainer(DefaultTrainer):
-    """DefaultTrainer + :class:`LCPHook` + :class:`ParameterStatsHook` + COCO panoptic /
-    instance / semantic evaluation.
+    """DefaultTrainer + :class:`LCPHook` + :class:`ParameterStatsHook` + COCO panoptic (with
+    PQ per category) / instance / semantic evaluation.
 
     A non-finite recurrent state raises FloatingPointError naming the layer and the step
     (MODEL.RECURRENT.CHECK_FINITE); the periodic checkpoints written before stay on disk.
@@ -140,7 +136,8 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        """COCOPanopticEvaluator + COCOEvaluator + SemSegEvaluator for panoptic datasets."""
+        """PanopticEvaluator (COCO panoptic, plus PQ per category) + COCOEvaluator +
+        SemSegEvaluator for panoptic datasets."""
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         kind = MetadataCatalog.get(dataset_name).evaluator_type
@@ -152,7 +149,7 @@ class Trainer(DefaultTrainer):
         if kind in ("coco", "coco_panoptic_seg"):
             evaluators.append(COCOEvaluator(dataset_name, output_dir=output_folder))
         if kind == "coco_panoptic_seg":
-            evaluators.append(COCOPanopticEvaluator(dataset_name, output_folder))
+            evaluators.append(PanopticEvaluator(dataset_name, output_folder))
         if not evaluators:
             raise NotImplementedError(
                 f"No evaluator for dataset {dataset_name!r} of evaluator_type {kind!r}; register "

@@ -139,10 +139,14 @@ def _sweep_table(results: List[Dict], metric: str) -> List[str]:
 
 
 def write_comparison(
-    results: List[Dict], out_dir: str, baselines: Optional[Dict[str, str]] = None
+    results: List[Dict],
+    out_dir: str,
+    baselines: Optional[Dict[str, str]] = None,
+    tested: Sequence[str] = ("PQ", "PQ_th"),
 ) -> Dict[str, str]:
     """Write comparison.csv (per model), runs.csv (per run), paired_tests.csv (when
-    ``baselines`` gives any pair), comparison.md and pq_vs_steps.png to ``out_dir``.
+    ``baselines`` gives any pair: the ``tested`` metrics every run has, e.g. "PQ/curve"),
+    comparison.md and pq_vs_steps.png to ``out_dir``.
 
     Returns {what: path}.
     """
@@ -158,7 +162,27 @@ def write_comparison(
         costs = f"{r['params_M']:.2f} | {r['train_peak_mb']:.0f} | {r['step_s']:.2f}"
         lines.append(f"| {r['model']} | {r['seeds']} | {pq} | {costs} | {r['infer_img_s']:.3f} |")
     lines.append("")
-    tests = paired_tests(results, baselines or {})
+    categories = sorted(
+        {k for r in results for k in r if k.startswith("PQ/")},
+        key=lambda k: [k for r in results for k in r].index(k),
+    )
+    if categories:
+        lines += [
+            "PQ per category (mean ± sd over seeds):",
+            "",
+            "| model | " + " | ".join(c[3:] for c in categories) + " |",
+            "|---" * (len(categories) + 1) + "|",
+        ]
+        for model, runs in _by_model(results).items():
+            cells = []
+            for c in categories:
+                v = np.array([r[c] for r in runs if c in r], dtype=float)
+                sd = v.std(ddof=1) if len(v) > 1 else 0.0
+                cells.append(f"{v.mean():.1f} ± {sd:.1f}" if len(v) else "-")
+            lines.append(f"| {model} | " + " | ".join(cells) + " |")
+        lines.append("")
+    tested = [m for m in tested if all(m in r for r in results)]
+    tests = paired_tests(results, baselines or {}, tested)
     if tests:
         files["paired_tests.csv"] = os.path.join(out_dir, "paired_tests.csv")
         _write_csv(files["paired_tests.csv"], tests)

@@ -15,11 +15,12 @@ from typing import Dict, List, Sequence
 
 import torch
 from detectron2.data import build_detection_test_loader
-from detectron2.evaluation import COCOPanopticEvaluator, DatasetEvaluator
+from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 from tqdm import tqdm
 
 from ..modeling.rfpn import RFPN
+from .panoptic import PanopticEvaluator
 from ..recurrence import Recurrence
 
 __all__ = ["sweep_mode", "timestep_sweep", "run_sweep", "write_sweep", "parse_counts"]
@@ -92,7 +93,8 @@ def run_sweep(model, data_loader, counts: Sequence[int], evaluators: Dict[int, D
 
 
 def write_sweep(results: Dict[int, dict], output_dir: str, trained_timesteps: int = 0) -> str:
-    """Write ``timestep_sweep.csv`` and ``timestep_sweep.png``; returns the CSV path."""
+    """Write ``timestep_sweep.csv`` (PQ, SQ, RQ for all, things and stuff, and PQ per category
+    when the evaluator reported it) and ``timestep_sweep.png``; returns the CSV path."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -100,12 +102,16 @@ def write_sweep(results: Dict[int, dict], output_dir: str, trained_timesteps: in
 
     os.makedirs(output_dir, exist_ok=True)
     rows = []
+    per_class = sorted(
+        {k for r in results.values() for k in (r or {}).get("panoptic_seg", {}) if "/" in k}
+    )
+    columns = METRICS + [k for k in per_class if k.startswith("PQ/")]
     for t, res in sorted(results.items()):
         pq = (res or {}).get("panoptic_seg", {})
-        rows.append({"timesteps": t, **{m: pq.get(m, float("nan")) for m in METRICS}})
+        rows.append({"timesteps": t, **{m: pq.get(m, float("nan")) for m in columns}})
     path = os.path.join(output_dir, "timestep_sweep.csv")
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["timesteps"] + METRICS)
+        writer = csv.DictWriter(f, fieldnames=["timesteps"] + columns)
         writer.writeheader()
         writer.writerows(rows)
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -124,12 +130,13 @@ def write_sweep(results: Dict[int, dict], output_dir: str, trained_timesteps: in
 
 def timestep_sweep(cfg, model, counts: Sequence[int], dataset_name: str = "", output_dir: str = ""):
     """Evaluate ``model`` at each step count on ``dataset_name`` (default: DATASETS.TEST[0]) with
-    COCOPanopticEvaluator; writes CSV + plot to ``output_dir`` and returns {count: results}."""
+    PanopticEvaluator (PQ also per category); writes CSV + plot to ``output_dir`` and returns
+    {count: results}."""
     dataset_name = dataset_name or cfg.DATASETS.TEST[0]
     output_dir = output_dir or os.path.join(cfg.OUTPUT_DIR, "timestep_sweep", dataset_name)
     data_loader = build_detection_test_loader(cfg, dataset_name)
     evaluators = {
-        t: COCOPanopticEvaluator(dataset_name, os.path.join(output_dir, f"t{t}")) for t in counts
+        t: PanopticEvaluator(dataset_name, os.path.join(output_dir, f"t{t}")) for t in counts
     }
     results = run_sweep(model, data_loader, counts, evaluators)
     if comm.is_main_process():
