@@ -33,6 +33,8 @@ def add_rpanoptic_config(cfg: CN) -> CN:
     cfg.MODEL.RECURRENT.HALT_TOL = 0.0
     # Raise FloatingPointError naming the layer and step when a state becomes non-finite.
     cfg.MODEL.RECURRENT.CHECK_FINITE = True
+    # Learning-rate multiplier of the recurrent cells' parameters (the optimizer's group lr).
+    cfg.MODEL.RECURRENT.LR_FACTOR = 1.0
     # Log recurrence diagnostics (residual, spectral radius, ...) every this many iters; 0: never.
     cfg.MODEL.RECURRENT.DIAGNOSTICS_PERIOD = 100
 

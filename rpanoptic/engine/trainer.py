@@ -16,7 +16,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..evaluation.panoptic import PanopticEvaluator
-from ..modeling import build_model
+from ..modeling import build_model, parameter_groups
 from .checkpoint import RPanopticCheckpointer
 from .hooks import LCPHook, ParameterStatsHook
 from .resume import (
@@ -27,7 +27,7 @@ from .resume import (
     set_rng_state,
 )
 
-__all__ = ["Trainer", "wrap_data_parallel"]
+__all__ = ["Trainer", "scale_recurrent_lr", "wrap_data_parallel"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,24 @@ def wrap_data_parallel(model: torch.nn.Module, cfg) -> torch.nn.Module:
         device_ids=None if on_cpu else [comm.get_local_rank()],
         find_unused_parameters=cfg.MODEL.DDP_FIND_UNUSED_PARAMETERS,
     )
+
+
+def scale_recurrent_lr(optimizer: torch.optim.Optimizer, model, factor: float) -> None:
+    """Multiply the learning rate of the recurrent cells' parameters (the ``recurrent`` group of
+    :func:`rpanoptic.modeling.parameter_groups`) by ``factor``, in place, splitting any
+    optimizer group that mixes them with other parameters. Call before the LR scheduler is
+    built (it records each group's initial lr)."""
+    if factor == 1.0:
+        return
+    recurrent = {id(p) for p in parameter_groups(model).get("recurrent", {}).values()}
+    groups, optimizer.param_groups = optimizer.param_groups, []
+    for group in groups:
+        mine = [p for p in group["params"] if id(p) in recurrent]
+        rest = [p for p in group["params"] if id(p) not in recurrent]
+        if rest:
+            optimizer.add_param_group({**group, "params": rest})
+        if mine:
+            optimizer.add_param_group({**group, "params": mine, "lr": group["lr"] * factor})
 
 
 class Trainer(DefaultTrainer):
@@ -120,6 +138,14 @@ class Trainer(DefaultTrainer):
         self.data_seed = state.get("data_seed", self.data_seed)
         if "rng" in state:
             set_rng_state(state["rng"])
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        """Detectron2's optimizer, with the recurrent cells' learning rate multiplied by
+        MODEL.RECURRENT.LR_FACTOR (see :func:`scale_recurrent_lr`)."""
+        optimizer = super().build_optimizer(cfg, model)
+        scale_recurrent_lr(optimizer, model, cfg.MODEL.RECURRENT.LR_FACTOR)
+        return optimizer
 
     @classmethod
     def build_model(cls, cfg):

@@ -44,6 +44,7 @@ _RULES = {
     ),
     "MODEL.RECURRENT.LCP_TAU": (lambda v: _is_num(v) and v > 0, "a number > 0 (paper: 0.9)"),
     "MODEL.RECURRENT.HALT_TOL": (lambda v: _is_num(v) and v >= 0, "a number >= 0 (0 disables)"),
+    "MODEL.RECURRENT.LR_FACTOR": (lambda v: _is_num(v) and v > 0, "a number > 0"),
     "MODEL.RECURRENT.DIAGNOSTICS_PERIOD": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     "MODEL.HGRU.KERNEL_SIZE": (lambda v: _is_int(v) and v >= 1 and v % 2 == 1, "an odd integer"),
     "MODEL.HGRU.NORM": (lambda v: v in NORMS, " | ".join(map(repr, NORMS))),
