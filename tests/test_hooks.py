@@ -158,3 +158,26 @@ def test_contraction_table_and_picture(tmp_path):
     assert lines[0] == "mode,iteration,layer,metric,value" and len(lines) == len(rows) + 1
     assert "rbp,9,backbone.rfpn.p4.recurrence,spectral_radius,3.35" in lines
     assert (tmp_path / "c.png").stat().st_size > 10_000
+
+
+def test_gradients_by_mode_differ_only_by_the_penalty():
+    from rpanoptic.evaluation.gradients import gradient_table, gradients_by_mode
+
+    torch.manual_seed(0)
+    cfg = tiny_cfg(RFPN, "MODEL.RECURRENT.LCP_TAU", 0.1, "MODEL.RFPN.SCALE_INIT", 1.0)
+    model = build_model(cfg).train()
+    batch = fake_batch(1)
+    grads = gradients_by_mode(model, batch, ["crbp", "rbp"], lcp_weight=0.0)
+    rows = gradient_table(model, grads, reference="rbp")
+    assert {r["set"] for r in rows} >= {
+        "group:recurrent",
+        "group:heads",
+        "layer:backbone.rfpn.p2.recurrence",
+    }
+    for row in rows:  # without the penalty, crbp's gradient is rbp's
+        assert row["rel_error"] == 0.0 and row["grad_norm"] > 0, row
+    weighted = gradients_by_mode(model, batch, ["crbp", "rbp"], lcp_weight=1.0)
+    by_set = {r["set"]: r for r in gradient_table(model, weighted, "rbp") if r["mode"] == "crbp"}
+    assert by_set["group:recurrent"]["rel_error"] > 1e-3  # the active penalty adds to it
+    assert by_set["group:heads"]["rel_error"] == 0.0  # and reaches no head
+    assert all(layer.grad == "crbp" for layer in recurrent_layers(model).values())  # restored
