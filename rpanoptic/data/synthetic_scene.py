@@ -51,7 +51,7 @@ class SceneSpec:
     curves: Tuple[int, int] = (2, 4)
     shapes: Tuple[int, int] = (2, 5)
     stuff_classes: Tuple[int, int] = (2, 3)
-    curve_width: Tuple[float, float] = (0.03, 0.045)  # fraction of the image size
+    curve_width: Tuple[float, float] = (0.05, 0.07)  # fraction of the image size
     shape_radius: Tuple[float, float] = (0.05, 0.13)  # fraction of the image size
     min_area: int = 24  # pixels; smaller visible things are removed
     noise: float = 6.0  # standard deviation of the sensor noise (0-255 scale)
@@ -148,10 +148,11 @@ def _shape_mask(rng, spec: SceneSpec, category: int, centre) -> np.ndarray:
     if category == ELLIPSE:
         angles = np.linspace(0, 2 * math.pi, 48, endpoint=False)
         radii = np.stack([radius * np.ones(48), radius * rng.uniform(0.45, 1.0) * np.ones(48)])
-    else:  # a convex-ish polygon of 3 to 6 corners
-        corners = int(rng.integers(3, 7))
-        angles = np.sort(rng.uniform(0, 2 * math.pi, corners))
-        radii = np.stack([radius * rng.uniform(0.6, 1.0, corners)] * 2)
+    else:  # a triangle or quadrilateral: corners that tell it from an ellipse at this size
+        corners = int(rng.integers(3, 5))
+        spread = 2 * math.pi * np.arange(corners) / corners + rng.uniform(-0.35, 0.35, corners)
+        angles = rng.uniform(0, 2 * math.pi) + spread  # no sliver: corners spread round
+        radii = np.stack([radius * rng.uniform(0.75, 1.0, corners)] * 2)
     turn = rng.uniform(0, math.pi)
     x = radii[0] * np.cos(angles)
     y = radii[1] * np.sin(angles)
