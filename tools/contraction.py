@@ -20,12 +20,14 @@ from rpanoptic.engine.demo import ensure_synthetic_dataset
 from rpanoptic.engine.setup import get_rpanoptic_cfg
 
 # COCO-shaped configs on synthetic images without pretrained weights: GroupNorm in the ResNet
-# (FrozenBN with random weights lets activations explode), one small batch, the COCO LR scaled
-# linearly to it (16 -> 2 images: 0.02 -> 0.0025).
+# (FrozenBN with random weights lets activations explode), the RFPN's residual scale at 1 as for
+# training from scratch (at 0 no task gradient would reach the cells), one small batch, the COCO
+# LR scaled linearly to it (16 -> 2 images: 0.02 -> 0.0025).
 RANDOM_WEIGHTS = [
     "MODEL.WEIGHTS", "",
     "MODEL.RESNETS.NORM", "GN",
     "MODEL.FPN.NORM", "GN",
+    "MODEL.RFPN.SCALE_INIT", "1.0",
     "MODEL.ROI_HEADS.NUM_CLASSES", "3",
     "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "5",
     "DATASETS.TRAIN", "('synthetic_panoptic_train_separated',)",
