@@ -15,6 +15,8 @@ import sys
 from detectron2.utils.logger import setup_logger
 
 import rpanoptic  # noqa: F401  (registers rpanoptic's components and the synthetic datasets)
+from rpanoptic.data import SceneSpec
+from rpanoptic.data.synthetic import FOLDER, datasets_root
 from rpanoptic.engine.contraction import train_modes, write_contraction
 from rpanoptic.engine.demo import ensure_synthetic_dataset
 from rpanoptic.engine.setup import get_rpanoptic_cfg
@@ -58,7 +60,11 @@ def main(argv=None):
     args = parse_args(argv)
     setup_logger(name="detectron2")
     setup_logger(name="rpanoptic")
-    ensure_synthetic_dataset({"train": args.train, "val": args.val}, size=args.size)
+    # Another size goes to its own folder, so the demo's dataset (SceneSpec.size) is kept.
+    root = ""
+    if args.size != SceneSpec.size:
+        root = os.path.join(datasets_root(), f"{FOLDER}_{args.size}px")
+    ensure_synthetic_dataset({"train": args.train, "val": args.val}, size=args.size, root=root)
     name = os.path.splitext(os.path.basename(args.config_file))[0]
     sizes = ["INPUT.MIN_SIZE_TRAIN", f"({args.size},)", "INPUT.MAX_SIZE_TRAIN", str(args.size)]
     opts = RANDOM_WEIGHTS + sizes + list(args.opts)
