@@ -126,6 +126,7 @@ def test_compare_runs_each_config_and_resumes(env, tmp_path):
     radius = run["diagnostics"]["recurrent/backbone.rfpn.p3.recurrence/spectral_radius"]
     assert [it for it, _ in radius] == [0, 1] and all(0 < r < 2 for _, r in radius)
     assert len(run["diagnostics"]["params/recurrent/update_ratio"]) == 2
+    assert "grouping" in run and run["grouping"]["instances"] >= 0
     stamp = os.stat(result).st_mtime_ns
     again = _run(env, "compare.py", *args)
     assert "[start] " not in again.stdout and os.stat(result).st_mtime_ns == stamp

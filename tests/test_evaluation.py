@@ -67,3 +67,49 @@ def test_a_missing_category_scores_0_and_leaves_the_others(dataset, tmp_path):
     # PQ_th is the mean over the thing categories present in the ground truth.
     present = [v for c, v in zip(("curve", "ellipse", "polygon"), things) if c == "curve" or v > 0]
     assert res["PQ_th"] == pytest.approx(np.mean(present))
+
+
+def test_mask_probability_stats_exact():
+    from rpanoptic.evaluation.grouping import mask_probability_stats
+
+    a = np.zeros((6, 6), bool)
+    a[1, :] = True  # instance 0: row 1
+    b = np.zeros((6, 6), bool)
+    b[:, 2] = True  # instance 1: column 2, crossing row 1 at (1, 2) - owned by b there
+    a[1, 2] = False
+    probs = np.stack([np.full((6, 6), 0.1), np.full((6, 6), 0.2)])
+    probs[0][a] = 0.9
+    probs[0][b] = 0.4
+    rows = mask_probability_stats(probs, [a, b], [(0, 1, 6, 2), (2, 0, 3, 6)])
+    assert rows[0] == {"own": pytest.approx(0.9), "other": pytest.approx(0.4), "background": 0.0}
+    # instance 1's box is column 2: instance 0 owns none of it, so "other" is NaN
+    assert rows[1]["own"] == pytest.approx(0.2) and np.isnan(rows[1]["other"])
+
+
+def test_instance_grouping_on_a_model(dataset):
+    from _detectron import tiny_cfg
+
+    from rpanoptic.evaluation.grouping import instance_grouping
+    from rpanoptic.modeling import build_model
+
+    torch.manual_seed(0)
+    cfg = tiny_cfg("configs/Synthetic/panoptic_fpn_R_18.yaml", "INPUT.MIN_SIZE_TEST", 96)
+    model = build_model(cfg)
+    name = f"{dataset}_val"
+    records = DatasetCatalog.get(name)
+    meta = MetadataCatalog.get(name)
+    curve = meta.thing_classes.index("curve")
+    expected = sum(
+        n
+        for n in (
+            sum(1 for s in r["segments_info"] if s["isthing"] and s["category_id"] == curve)
+            for r in records
+        )
+        if n >= 2
+    )
+    res = instance_grouping(model, cfg, name, "curve")
+    assert res["instances"] == expected > 0
+    for key in ("own", "other", "background"):
+        assert 0.0 <= res[key] <= 1.0
+    assert res["separation"] == pytest.approx(res["own"] - res["other"])
+    assert model.training  # restored

@@ -42,6 +42,11 @@ def parse_args(argv=None):
     p.add_argument("--init-weights", default="", help=argparse.SUPPRESS)
     p.add_argument("--name", default="", help=argparse.SUPPRESS)
     p.add_argument("--label", default="", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--grouping-category",
+        default="curve",
+        help="thing class whose crossing instances the mask head must tell apart ('' to skip)",
+    )
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for every config")
     return p.parse_args(argv)
 
@@ -68,6 +73,7 @@ def main(argv=None):
             init_weights=args.init_weights,
             name=args.name,
             label=args.label,
+            grouping_category=args.grouping_category,
         )
         return 0
     if args.configs:
@@ -82,6 +88,7 @@ def main(argv=None):
         cmd = [sys.executable, os.path.abspath(__file__), "--one", entry.config]
         cmd += ["--seed", str(seed), "--result", result, "--fraction", str(entry.fraction)]
         cmd += ["--init-weights", init, "--name", entry.name, "--label", entry.label]
+        cmd += ["--grouping-category", args.grouping_category]
         cmd += ["--iters", str(args.iters), "--device", args.device, "--output-dir", folder]
         cmd += ["--train", str(args.train), "--val", str(args.val), "--size", str(args.size)]
         cmd += [*entry.opts, *args.opts]

@@ -52,6 +52,7 @@ class SceneSpec:
     shapes: Tuple[int, int] = (2, 5)
     stuff_classes: Tuple[int, int] = (2, 3)
     curve_width: Tuple[float, float] = (0.05, 0.07)  # fraction of the image size
+    curve_length: Tuple[float, float] = (0.7, 1.0)  # endpoint distance, fraction of the size
     shape_radius: Tuple[float, float] = (0.05, 0.13)  # fraction of the image size
     min_area: int = 24  # pixels; smaller visible things are removed
     noise: float = 6.0  # standard deviation of the sensor noise (0-255 scale)
@@ -64,6 +65,7 @@ class SceneSpec:
             "shapes": 0 <= self.shapes[0] <= self.shapes[1],
             "stuff_classes": 1 <= self.stuff_classes[0] <= self.stuff_classes[1] <= 4,
             "curve_width": 0 < self.curve_width[0] <= self.curve_width[1] < 0.5,
+            "curve_length": 0 < self.curve_length[0] <= self.curve_length[1] <= 2,
             "shape_radius": 0 < self.shape_radius[0] <= self.shape_radius[1] < 0.5,
             "min_area": self.min_area >= 1,
             "noise": self.noise >= 0,
@@ -115,11 +117,12 @@ def _bezier(points: np.ndarray, samples: int) -> np.ndarray:
     return (1 - t) ** 3 * p0 + 3 * (1 - t) ** 2 * t * p1 + 3 * (1 - t) * t**2 * p2 + t**3 * p3
 
 
-def _curve_points(rng, size: int, through=None) -> np.ndarray:
+def _curve_points(rng, spec: "SceneSpec", through=None) -> np.ndarray:
     """A long curve: endpoints on opposite halves, optionally bent to pass through ``through``."""
+    size = spec.size
     angle = rng.uniform(0, 2 * math.pi)
     centre = np.array([size / 2, size / 2]) + rng.uniform(-0.15, 0.15, 2) * size
-    half = rng.uniform(0.35, 0.5) * size
+    half = rng.uniform(*spec.curve_length) / 2 * size
     direction = np.array([math.cos(angle), math.sin(angle)])
     p0, p3 = centre - half * direction, centre + half * direction
     bend = rng.uniform(-0.45, 0.45, (2, 2)) * size
@@ -174,7 +177,7 @@ def _things(rng, spec: SceneSpec) -> List[dict]:
     trail = []  # points on the curves drawn so far, for crossings
     for _ in range(int(rng.integers(spec.curves[0], spec.curves[1] + 1))):
         through = trail[int(rng.integers(len(trail)))] if trail and rng.random() < 0.8 else None
-        points = _curve_points(rng, spec.size, through)
+        points = _curve_points(rng, spec, through)
         inside = [p for p in _bezier(points, 24)[4:-4] if (0 <= p).all() and (p < spec.size).all()]
         trail.extend(inside)
         things.append(

@@ -28,6 +28,7 @@ import torch
 from detectron2.data import build_detection_test_loader
 
 from ..evaluation.comparison import COUNTS, METRICS, summarize, write_comparison
+from ..evaluation.grouping import instance_grouping
 from .demo import demo_config, has_recurrence, train_and_evaluate
 from .setup import get_rpanoptic_cfg
 
@@ -192,11 +193,14 @@ def run_one(
     init_weights: str = "",
     name: str = "",
     label: str = "",
+    grouping_category: str = "",
 ) -> Dict:
     """Train and measure one config with one seed; writes ``result_path`` and returns its dict.
 
     ``iters`` (0: the config's SOLVER.MAX_ITER) times ``fraction`` iterations are trained,
-    starting from ``init_weights`` when given (else from scratch).
+    starting from ``init_weights`` when given (else from scratch). With ``grouping_category``
+    (a thing class of the test set), the result also holds the mask head's
+    :func:`~rpanoptic.evaluation.grouping.instance_grouping` of that category.
     """
     opts = [*opts, "SEED", str(seed)]
     total = iters or get_rpanoptic_cfg(config_file, opts).SOLVER.MAX_ITER
@@ -236,6 +240,9 @@ def run_one(
         "trained_timesteps": cfg.MODEL.RECURRENT.TIMESTEPS if has_recurrence(cfg) else 0,
         "diagnostics": logged_diagnostics(os.path.join(output_dir, "metrics.json")),
     }
+    if grouping_category:
+        standard = cfg.DATASETS.TEST[0].replace("_separated", "")
+        result["grouping"] = instance_grouping(model, cfg, standard, grouping_category)
     _write_json(result_path, result)
     return result
 

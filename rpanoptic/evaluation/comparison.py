@@ -181,6 +181,26 @@ def write_comparison(
                 cells.append(f"{v.mean():.1f} ± {sd:.1f}" if len(v) else "-")
             lines.append(f"| {model} | " + " | ".join(cells) + " |")
         lines.append("")
+    if any(r.get("grouping", {}).get("instances") for r in results):
+        lines += [
+            "Mask head on crossing same-category instances, from their ground-truth boxes (mean "
+            "mask probability on the instance's own pixels, on the other instances' pixels in "
+            "its box, and their difference; mean ± sd over seeds):",
+            "",
+            "| model | own | other | separation |",
+            "|---|---|---|---|",
+        ]
+        for model, runs in _by_model(results).items():
+            g = [r["grouping"] for r in runs if r.get("grouping", {}).get("instances")]
+            if not g:
+                continue
+            cells = []
+            for key in ("own", "other", "separation"):
+                v = np.array([x[key] for x in g], dtype=float)
+                sd = v.std(ddof=1) if len(v) > 1 else 0.0
+                cells.append(f"{v.mean():.3f} ± {sd:.3f}")
+            lines.append(f"| {model} | " + " | ".join(cells) + " |")
+        lines.append("")
     tested = [m for m in tested if all(m in r for r in results)]
     tests = paired_tests(results, baselines or {}, tested)
     if tests:

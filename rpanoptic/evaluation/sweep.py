@@ -20,8 +20,8 @@ from detectron2.utils import comm
 from tqdm import tqdm
 
 from ..modeling.rfpn import RFPN
-from .panoptic import PanopticEvaluator
 from ..recurrence import Recurrence
+from .panoptic import PanopticEvaluator
 
 __all__ = ["sweep_mode", "timestep_sweep", "run_sweep", "write_sweep", "parse_counts"]
 
