@@ -51,7 +51,7 @@ class SceneSpec:
     curves: Tuple[int, int] = (2, 4)
     shapes: Tuple[int, int] = (2, 5)
     stuff_classes: Tuple[int, int] = (2, 3)
-    curve_width: Tuple[float, float] = (0.05, 0.07)  # fraction of the image size
+    curve_width: Tuple[float, float] = (0.03, 0.045)  # fraction of the image size
     curve_length: Tuple[float, float] = (0.7, 1.0)  # endpoint distance, fraction of the size
     shape_radius: Tuple[float, float] = (0.05, 0.13)  # fraction of the image size
     min_area: int = 24  # pixels; smaller visible things are removed
