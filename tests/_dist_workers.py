@@ -32,11 +32,14 @@ def toy_cfg(grad: str, norm: str):
     opts = ["MODEL.RECURRENT.GRAD", grad, "MODEL.RECURRENT.TIMESTEPS", 5]
     opts += ["MODEL.RECURRENT.NEUMANN_STEPS", 6, "MODEL.HGRU.NORM", norm, "MODEL.HGRU.GN_GROUPS", 2]
     opts += ["MODEL.RECURRENT.LCP_TAU", 0.05]  # small enough that the penalty is active (> 0)
+    # A mean makes the penalty of equal halves average to the whole batch's, as DDP averages;
+    # the default sum is per process, so DDP would halve it (as in the authors' code).
+    opts += ["MODEL.RECURRENT.LCP_REDUCTION", "mean"]
     return get_rpanoptic_cfg("", [str(o) for o in opts])
 
 
 def toy_loss(model, x, lcp_weight=1.0):
-    """Mean squared output + the LCP (mean over elements, as LCPHook adds it)."""
+    """Mean squared output + the LCP (here a mean over the state's elements)."""
     loss = model(x).pow(2).mean()
     rec = getattr(model, "module", model).recurrence
     return loss + lcp_weight * rec.lcp if rec.lcp is not None else loss

@@ -124,8 +124,9 @@ def test_compare_runs_each_config_and_resumes(env, tmp_path):
         run = json.load(f)
     assert run["iters"] == 2
     radius = run["diagnostics"]["recurrent/backbone.rfpn.p3.recurrence/spectral_radius"]
-    assert [it for it, _ in radius] == [0, 1] and all(0 < r < 2 for _, r in radius)
-    assert len(run["diagnostics"]["params/recurrent/update_ratio"]) == 2
+    # metrics.json keeps the latest value per writer period (20 iterations): the last one here
+    assert [it for it, _ in radius] == [1] and all(0 < r < 2 for _, r in radius)
+    assert len(run["diagnostics"]["params/recurrent/update_ratio"]) == 1
     assert "grouping" in run and run["grouping"]["instances"] >= 0
     stamp = os.stat(result).st_mtime_ns
     again = _run(env, "compare.py", *args)
