@@ -22,14 +22,15 @@ import statistics
 import subprocess
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 from detectron2.data import build_detection_test_loader
 
 from ..evaluation.comparison import COUNTS, METRICS, summarize, write_comparison
 from ..evaluation.grouping import instance_grouping
-from .demo import demo_config, has_recurrence, train_and_evaluate
+from ..evaluation.report import read_metrics
+from .demo import demo_config, has_recurrence, standard_dataset, train_and_evaluate
 from .setup import get_rpanoptic_cfg
 
 __all__ = [
@@ -40,7 +41,6 @@ __all__ = [
     "plan_from_configs",
     "run_one",
     "run_plan",
-    "load_results",
     "summarize",
     "write_comparison",
 ]
@@ -241,7 +241,7 @@ def run_one(
         "diagnostics": logged_diagnostics(os.path.join(output_dir, "metrics.json")),
     }
     if grouping_category:
-        standard = cfg.DATASETS.TEST[0].replace("_separated", "")
+        standard = standard_dataset(cfg.DATASETS.TEST[0])
         result["grouping"] = instance_grouping(model, cfg, standard, grouping_category)
     _write_json(result_path, result)
     return result
@@ -251,12 +251,10 @@ def logged_diagnostics(metrics_json: str) -> Dict[str, List[List[float]]]:
     """The ``recurrent/*`` and ``params/*`` scalars of a metrics.json, as {key: [[iteration,
     value], ...]}: the contraction and learning of the recurrent layers during training."""
     series: Dict[str, List[List[float]]] = {}
-    with open(metrics_json) as f:
-        for line in f:
-            record = json.loads(line) if line.strip() else {}
-            for key, value in record.items():
-                if key.startswith(("recurrent/", "params/")):
-                    series.setdefault(key, []).append([record["iteration"], value])
+    for record in read_metrics(metrics_json):
+        for key, value in record.items():
+            if key.startswith(("recurrent/", "params/")):
+                series.setdefault(key, []).append([record["iteration"], value])
     return series
 
 
@@ -353,17 +351,3 @@ def run_plan(
 def load_json(path: str) -> Dict:
     with open(path) as f:
         return json.load(f)
-
-
-def load_results(results_dir: str, plan: Sequence[Entry], seeds: Optional[Sequence[int]] = None):
-    """Every result file of ``plan`` under ``results_dir`` (all seeds found, or ``seeds``)."""
-    results = []
-    for entry in plan:
-        folder = os.path.join(results_dir, entry.name)
-        if not os.path.isdir(folder):
-            continue
-        for fname in sorted(os.listdir(folder)):
-            if fname.startswith("seed") and fname.endswith(".json"):
-                if seeds is None or int(fname[4:-5]) in seeds:
-                    results.append(load_json(os.path.join(folder, fname)))
-    return results

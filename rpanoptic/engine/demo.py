@@ -34,6 +34,7 @@ __all__ = [
     "demo_config",
     "ensure_synthetic_dataset",
     "has_recurrence",
+    "standard_dataset",
     "run_demo",
     "sweep_counts",
     "train_and_evaluate",
@@ -78,6 +79,11 @@ def demo_config(config_file: str, output_dir: str, iters: int = 0, device: str =
 def sweep_counts(trained: int) -> list:
     """Inference step counts to show: from 1 to three times the trained N."""
     return sorted({1, 2, max(1, trained // 2), trained, 2 * trained, 3 * trained})
+
+
+def standard_dataset(name: str) -> str:
+    """The standard panoptic dataset of Panoptic FPN's ``<name>_separated`` (else ``name``)."""
+    return name[: -len("_separated")] if name.endswith("_separated") else name
 
 
 def has_recurrence(cfg) -> bool:
@@ -137,7 +143,7 @@ def run_demo(cfg, counts: Sequence[int] = (), num_pictures: int = 4) -> Dict[str
         files["contraction during training"] = diagnostics
 
     dataset = cfg.DATASETS.TEST[0]
-    standard = dataset[: -len("_separated")] if dataset.endswith("_separated") else dataset
+    standard = standard_dataset(dataset)
     if sweep:
         folder = os.path.join(out, "timestep_sweep")
         files["PQ against inference steps"] = os.path.join(folder, "timestep_sweep.png")

@@ -7,6 +7,7 @@ from typing import Dict, Optional
 import torch
 from detectron2.engine import HookBase
 
+from ..evaluation.gradients import norm_of
 from ..modeling.recurrence import parameter_groups, recurrent_layers
 from ..recurrence import Recurrence
 
@@ -170,9 +171,9 @@ class ParameterStatsHook(HookBase):
             return
         storage = self.trainer.storage
         for group, params in self.groups.items():
-            weight = _norm([p for p in params.values()])
-            grad = _norm([p.grad for p in params.values() if p.grad is not None])
-            update = _norm([p - b for p, b in zip(params.values(), self._before[group])])
+            weight = norm_of(list(params.values()))
+            grad = norm_of([p.grad for p in params.values() if p.grad is not None])
+            update = norm_of([p - b for p, b in zip(params.values(), self._before[group])])
             stats = {
                 "weight_norm": weight,
                 "grad_norm": grad,
@@ -182,10 +183,3 @@ class ParameterStatsHook(HookBase):
             for metric, value in stats.items():
                 storage.put_scalar(f"params/{group}/{metric}", value, smoothing_hint=False)
         self._before = None
-
-
-def _norm(tensors) -> float:
-    """L2 norm of a list of tensors taken together (0 for none)."""
-    if not tensors:
-        return 0.0
-    return float(torch.linalg.vector_norm(torch.stack([t.detach().norm() for t in tensors])))

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..modeling.recurrence import parameter_groups, recurrent_layers
 
-__all__ = ["gradients_by_mode", "gradient_table"]
+__all__ = ["gradients_by_mode", "gradient_table", "norm_of"]
 
 
 def gradients_by_mode(
@@ -49,8 +49,11 @@ def gradients_by_mode(
     return out
 
 
-def _norm(tensors: List[torch.Tensor]) -> float:
-    return float(torch.sqrt(sum(t.double().pow(2).sum() for t in tensors))) if tensors else 0.0
+def norm_of(tensors: Sequence[torch.Tensor]) -> float:
+    """L2 norm of a list of tensors taken together (0 for none)."""
+    if not tensors:
+        return 0.0
+    return float(torch.linalg.vector_norm(torch.stack([t.detach().norm() for t in tensors])))
 
 
 def gradient_table(
@@ -70,7 +73,7 @@ def gradient_table(
             if not names:
                 continue
             mine = torch.cat([g[n].flatten().double() for n in names])
-            weight = _norm([named[n].detach() for n in names])
+            weight = norm_of([named[n] for n in names])
             row = {
                 "mode": mode,
                 "set": what,

@@ -15,8 +15,8 @@ import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.layers import paste_masks_in_image
 from detectron2.structures import Boxes, Instances
-from PIL import Image
 
+from ..data.validate import read_panoptic_png
 from .report import _inputs
 
 __all__ = ["mask_probability_stats", "instance_grouping"]
@@ -50,11 +50,6 @@ def mask_probability_stats(
     return rows
 
 
-def _segment_ids(path: str) -> np.ndarray:
-    rgb = np.asarray(Image.open(path), dtype=np.int64)
-    return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
-
-
 @torch.no_grad()
 def instance_grouping(
     model, cfg, dataset_name: str, category: str, max_images: int = 50
@@ -77,7 +72,7 @@ def instance_grouping(
             ]
             if len(segments) < 2:
                 continue
-            ids = _segment_ids(record["pan_seg_file_name"])
+            ids = read_panoptic_png(record["pan_seg_file_name"])
             masks = [ids == s["id"] for s in segments]
             boxes = []
             for m in masks:

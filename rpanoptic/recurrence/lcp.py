@@ -17,7 +17,7 @@ the (per-process) state, weighted by XI = 1e-3 in 33 of their 44 configs that se
 Its strength per element is the weight, whatever the size of the state, so it constrains a large
 FPN level as firmly as a 14 x 14 RoI. The "mean" (the authors' Pathfinder code, weight 10)
 divides by the number of elements: the same weight is then a far weaker constraint on a large
-state (on a 4 x 64 x 40 x 40 FPN level, weight 1 with "mean" is 1/400,000 of weight 1e-3 with
+state (on a 4 x 64 x 40 x 40 FPN level, weight 1 with "mean" is 1/410 of weight 1e-3 with
 "sum"; measured here, such a penalty never constrained anything).
 
 The product is built with ``create_graph=True`` so that the penalty is itself differentiable
