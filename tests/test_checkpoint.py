@@ -1,4 +1,5 @@
-"""Checkpoints: atomic writes, weights_only loading, truncated files named in the error."""
+"""Checkpoints: atomic writes, weights-only loading (full unpickling only on opt-in), truncated
+files named in the error."""
 
 import os
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from rpanoptic.engine.checkpoint import RPanopticCheckpointer
+from rpanoptic.engine.checkpoint import UNSAFE_PICKLE_ENV, RPanopticCheckpointer
 
 
 class Blob:
@@ -48,7 +49,9 @@ def test_truncated_checkpoint_names_the_file(tmp_path):
     path = tmp_path / "model_final.pth"
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(RuntimeError, match=r"model_final\.pth is truncated or corrupt"):
+    with pytest.raises(
+        RuntimeError, match=r"model_final\.pth is truncated, corrupt or not a checkpoint"
+    ):
         RPanopticCheckpointer(_model(), str(tmp_path)).resume_or_load("", resume=True)
 
 
@@ -68,10 +71,14 @@ def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_final.pth"]
 
 
-def test_objects_refused_by_weights_only_still_load_with_a_warning(tmp_path, caplog):
+def test_objects_refused_by_weights_only_need_the_unsafe_opt_in(tmp_path, monkeypatch):
+    monkeypatch.delenv(UNSAFE_PICKLE_ENV, raising=False)
     model = _model()
     path = tmp_path / "foreign.pth"
     torch.save({"model": model.state_dict(), "extra": Blob(3)}, path)  # refused by weights_only
+    with pytest.raises(RuntimeError, match=r"foreign\.pth holds objects a weights-only load"):
+        RPanopticCheckpointer(_model(), str(tmp_path)).load(str(path))
+    monkeypatch.setenv(UNSAFE_PICKLE_ENV, "1")
     loaded = RPanopticCheckpointer(_model(), str(tmp_path)).load(str(path))
     assert loaded["extra"].value == 3
-    assert any("weights_only" in r.getMessage() for r in caplog.records)
+    torch.testing.assert_close(model[0].weight, _model()[0].weight)

@@ -10,7 +10,9 @@ For each input shape (a mask-head batch of RoIs and an FPN level), each learning
 - peak_mb: peak memory of the step: ``torch.cuda.max_memory_allocated`` on GPU; on CPU the
   growth of the process's peak RSS during the step (each configuration in a fresh process);
 - step_ms: median wall time of the step over ``--repeats`` runs after a warm-up;
-- syncs: host synchronisations (``Tensor.item``/``__bool__``/... calls) during backward.
+- syncs: host synchronisations (``Tensor.item``/``__bool__``/... calls) during backward;
+- infer_ms, finite_check_pct: median inference forward at N steps (check_finite on, the
+  default) and how much slower it is than with the check off (same process, interleaved).
 
 It prints a table, checks the targets below on ratios measured in this one run, and writes
 ``results.csv``, ``targets.csv`` and ``benchmark.png`` to ``--output-dir``.
@@ -108,6 +110,20 @@ def measure(shape_name, grad, timesteps, args):
         step(x)
         sync()
         times.append((time.perf_counter() - start) * 1000)
+    # The finiteness check (on by default): inference forwards with and without it,
+    # interleaved so that both see the same machine load.
+    rec.eval()
+    timed = {True: [], False: []}
+    with torch.no_grad():
+        for _ in range(args.repeats):
+            for check in (True, False):
+                rec.check_finite = check
+                sync()
+                start = time.perf_counter()
+                rec(x)
+                sync()
+                timed[check].append((time.perf_counter() - start) * 1000)
+    infer_on, infer_off = (statistics.median(timed[c]) for c in (True, False))
     return {
         "device": str(device),
         "shape": shape_name,
@@ -117,6 +133,8 @@ def measure(shape_name, grad, timesteps, args):
         "peak_mb": round(peak, 1),
         "step_ms": round(statistics.median(times), 1),
         "syncs": counter.count,
+        "infer_ms": round(infer_on, 1),
+        "finite_check_pct": round(100 * (infer_on - infer_off) / infer_off, 1),
     }
 
 

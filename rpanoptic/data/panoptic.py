@@ -291,6 +291,7 @@ def register_panoptic_dataset(
     sem_seg_root: Optional[str] = None,
     instances_json: Optional[str] = None,
     validate: bool = True,
+    decode_images: bool = True,
     categories: Optional[List[dict]] = None,
     before_load: Optional[Callable[[], None]] = None,
 ) -> Dict[str, int]:
@@ -311,6 +312,8 @@ def register_panoptic_dataset(
         instances_json: COCO instances JSON of the things.
         validate: first check that files and JSON agree (:func:`validate_panoptic_dataset`;
             this reads every PNG, so pass False for very large datasets checked before).
+        decode_images: with ``validate``, also decode every image (False: check that each
+            exists only; faster on huge sets).
         categories: the panoptic categories, for a dataset whose files may not exist yet (one
             that is generated): nothing is read now, and the checks run when one of the
             registered datasets is first loaded.
@@ -340,6 +343,7 @@ def register_panoptic_dataset(
         panoptic_json,
         sem_seg_root,
         instances_json,
+        **({"decode_images": decode_images} if validate else {}),
     )
     if categories is None:
         check()

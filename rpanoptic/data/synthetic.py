@@ -28,12 +28,14 @@ from pycocotools import mask as mask_util
 
 from .panoptic import _REGISTERED, register_panoptic_dataset, separate_semantic_from_panoptic
 from .synthetic_scene import CATEGORIES, SceneSpec, make_scene
+from .validate import validate_panoptic_dataset
 
 __all__ = [
     "SPLITS",
     "datasets_root",
     "synthetic_paths",
     "generate_synthetic_panoptic",
+    "recipe_differences",
     "register_synthetic_panoptic",
 ]
 
@@ -163,7 +165,9 @@ def generate_synthetic_panoptic(
     """Write the synthetic dataset to ``root`` (the ``synthetic_panoptic`` folder).
 
     Deterministic: the same (seed, counts, spec) give the same files, in any number of workers.
-    When ``root/generator.json`` already records the same recipe, nothing is written.
+    When ``root/generator.json`` already records the same recipe, only the splits with a
+    missing or corrupt file are written again (so rerunning the prepare command repairs a
+    damaged dataset); when every file is intact, nothing is written.
 
     Args:
         root: the dataset folder.
@@ -171,7 +175,8 @@ def generate_synthetic_panoptic(
         seed: the seed of every scene.
         spec: what scenes contain (image size, number of things, ...).
         workers: processes drawing images.
-        overwrite: write even when the recipe is already there.
+        overwrite: write even when the recipe is already there, or replace a dataset made with
+            another recipe (without it, that is a ValueError listing what differs).
         progress: show progress bars.
 
     Returns:
@@ -183,19 +188,70 @@ def generate_synthetic_panoptic(
         raise ValueError(f"synthetic panoptic counts {counts}: give >= 1 image for train/val")
     recipe = _recipe(counts, seed, spec.validate())
     marker = os.path.join(root, "generator.json")
-    if not overwrite and os.path.isfile(marker):
-        try:
-            with open(marker) as f:
-                if json.load(f) == json.loads(json.dumps(recipe)):
-                    return False
-        except (OSError, ValueError):
-            pass  # an unreadable marker: write the dataset again
+    differ = recipe_differences(root, counts, seed, spec)
+    if not overwrite and differ and differ != ["no generator.json"]:
+        raise ValueError(
+            f"synthetic dataset {root} was made with another recipe ({'; '.join(differ)}); it "
+            f"is left as it is. Replace it with: {PREPARE} --overwrite (and the flags you "
+            "want), or write the new one to another folder (--root)."
+        )
+    if not overwrite and not differ:
+        broken = [split for split in counts if not _split_intact(root, split)]
+        if not broken:
+            return False
+        logger.warning(
+            "Synthetic dataset %s: rewriting split(s) %s (missing or corrupt files)", root, broken
+        )
+        counts = {split: counts[split] for split in broken}
     if os.path.isfile(marker):
         os.remove(marker)  # the folder is incomplete until the new marker is written
     for split, count in counts.items():
         _generate_split(root, split, int(count), seed, spec, workers, progress)
     _write_json(marker, recipe)
     return True
+
+
+def recipe_differences(
+    root: str, counts: Dict[str, int], seed: int = 0, spec: SceneSpec = SceneSpec()
+) -> list:
+    """How the dataset in ``root`` was made differently from (seed, counts, spec), as
+    ["field: there X, asked Y", ...]; ["no generator.json"] when ``root`` has no readable record
+    of its recipe; [] when the recipes agree."""
+    wanted = json.loads(json.dumps(_recipe(counts, seed, spec)))
+    try:
+        with open(os.path.join(root, "generator.json")) as f:
+            there = json.load(f)
+    except (OSError, ValueError):
+        return ["no generator.json"]
+    # A spec field added after a dataset was made is read as its default, which draws the
+    # same scenes as before the field existed.
+    defaults = json.loads(json.dumps(dataclasses.asdict(SceneSpec())))
+    flat = lambda r: {  # noqa: E731
+        **{"seed": r.get("seed"), "counts": r.get("counts")},
+        **{f"spec.{k}": v for k, v in {**defaults, **(r.get("spec") or {})}.items()},
+    }
+    ours, theirs = flat(wanted), flat(there)
+    return [
+        f"{k}: there {theirs.get(k)!r}, asked {ours.get(k)!r}"
+        for k in sorted(set(ours) | set(theirs))
+        if ours.get(k) != theirs.get(k)
+    ]
+
+
+def _split_intact(root: str, split: str) -> bool:
+    """Whether every file of ``split`` in ``root`` is there and decodes (JSON, images, PNGs)."""
+    paths = synthetic_paths(root, split)
+    try:
+        validate_panoptic_dataset(
+            paths["image_root"],
+            paths["panoptic_root"],
+            paths["panoptic_json"],
+            paths["sem_seg_root"],
+            paths["instances_json"],
+        )
+        return True
+    except ValueError:
+        return False
 
 
 def _check_present(name: str, root: str, split: str) -> None:

@@ -5,9 +5,10 @@ A scene is built as labels first, then pixels:
 1. Stuff: 2-3 of the stuff classes split the image along irregular boundaries (the argmax of
    smooth random fields with a finer field added, so borders wander at two scales).
 2. Things, painted in a random depth order (later ones occlude earlier ones):
-   - curves: long, thin cubic Bezier contours, *all of one colour in an image*, made to
-     cross one another, so that which piece belongs to which curve is only told by following
-     it through the crossings (the Pathfinder-style long-range grouping of the paper);
+   - curves: long, thin cubic Bezier contours, *all of one colour in an image* (by default;
+     ``curve_same_colour`` < 1 gives some curves their own colour), made to cross one another,
+     so that which piece belongs to which curve is only told by following it through the
+     crossings (the Pathfinder-style long-range grouping of the paper);
    - ellipses and polygons: compact shapes; some copy a neighbour's colour and overlap it, so
      that the boundary between two same-coloured shapes has to be inferred from their outline.
    A thing whose visible area falls below ``min_area`` is removed (its pixels show what lies
@@ -53,6 +54,7 @@ class SceneSpec:
     stuff_classes: Tuple[int, int] = (2, 3)
     curve_width: Tuple[float, float] = (0.03, 0.045)  # fraction of the image size
     curve_length: Tuple[float, float] = (0.7, 1.0)  # endpoint distance, fraction of the size
+    curve_same_colour: float = 1.0  # probability that a curve has the image's curve colour
     shape_radius: Tuple[float, float] = (0.05, 0.13)  # fraction of the image size
     min_area: int = 24  # pixels; smaller visible things are removed
     noise: float = 6.0  # standard deviation of the sensor noise (0-255 scale)
@@ -67,6 +69,7 @@ class SceneSpec:
             "curve_width": 0 < self.curve_width[0] <= self.curve_width[1] < 0.5,
             "curve_length": 0 < self.curve_length[0] <= self.curve_length[1] <= 2,
             "shape_radius": 0 < self.shape_radius[0] <= self.shape_radius[1] < 0.5,
+            "curve_same_colour": 0 <= self.curve_same_colour <= 1,
             "min_area": self.min_area >= 1,
             "noise": self.noise >= 0,
         }
@@ -180,9 +183,10 @@ def _things(rng, spec: SceneSpec) -> List[dict]:
         points = _curve_points(rng, spec, through)
         inside = [p for p in _bezier(points, 24)[4:-4] if (0 <= p).all() and (p < spec.size).all()]
         trail.extend(inside)
-        things.append(
-            dict(category=CURVE, mask=_curve_mask(rng, spec, points), colour=curve_colour)
-        )
+        colour = curve_colour
+        if spec.curve_same_colour < 1 and rng.random() >= spec.curve_same_colour:
+            colour = _random_colour(rng)  # (at 1, no number is drawn: the default's scenes stay)
+        things.append(dict(category=CURVE, mask=_curve_mask(rng, spec, points), colour=colour))
     for _ in range(int(rng.integers(spec.shapes[0], spec.shapes[1] + 1))):
         category = int(rng.choice([ELLIPSE, POLYGON]))
         shapes = [t for t in things if t["category"] != CURVE]

@@ -3,12 +3,13 @@ process runs; in the package so that process launchers (``launch``, submitit job
 """
 
 import argparse
+import os
 from typing import List, Optional
 
 from detectron2.engine import default_argument_parser, launch
 
 from ..evaluation import parse_counts, timestep_sweep
-from .checkpoint import load_weights
+from .checkpoint import UNSAFE_PICKLE_ENV, load_weights
 from .setup import setup
 from .trainer import Trainer
 
@@ -17,8 +18,16 @@ __all__ = ["launch_main", "main", "parse_args"]
 
 def main(args: argparse.Namespace):
     """Train (``--resume``: continue the last checkpoint) or, with ``--eval-only``, evaluate."""
+    if getattr(args, "unsafe_allow_pickle", False):
+        os.environ[UNSAFE_PICKLE_ENV] = "1"  # read by the checkpointer, in every process
     cfg = setup(args)
     if args.eval_only:
+        if not cfg.MODEL.WEIGHTS and not args.resume and not args.eval_random_weights:
+            raise ValueError(
+                "--eval-only needs trained weights: set MODEL.WEIGHTS to a checkpoint (or add "
+                "--resume to evaluate the last checkpoint in OUTPUT_DIR). To score a randomly "
+                "initialised model on purpose, add --eval-random-weights."
+            )
         model = Trainer.build_model(cfg)
         load_weights(model, cfg, resume=args.resume)
         if args.eval_timesteps:
@@ -30,14 +39,29 @@ def main(args: argparse.Namespace):
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    """Detectron2's ``default_argument_parser`` plus ``--eval-timesteps``."""
+    """Detectron2's ``default_argument_parser`` plus ``--eval-timesteps``,
+    ``--eval-random-weights`` and ``--unsafe-allow-pickle``."""
     parser = default_argument_parser()
     parser.add_argument(
         "--eval-timesteps",
         default="",
         help="with --eval-only: comma-separated inference step counts to evaluate in one pass",
     )
+    parser.add_argument(
+        "--eval-random-weights",
+        action="store_true",
+        help="with --eval-only: allow evaluating without MODEL.WEIGHTS (a randomly initialised "
+        "model), which is otherwise an error",
+    )
+    parser.add_argument(
+        "--unsafe-allow-pickle",
+        action="store_true",
+        help="UNSAFE: load checkpoints with full unpickling, which runs any code they name. "
+        "Only for files you trust; by default only weights are read",
+    )
     args = parser.parse_args(argv)
+    if args.eval_random_weights and not args.eval_only:
+        parser.error("--eval-random-weights only applies to --eval-only")
     if args.eval_timesteps:
         if not args.eval_only:
             parser.error("--eval-timesteps evaluates a trained model: add --eval-only")

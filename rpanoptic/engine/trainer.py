@@ -10,6 +10,7 @@ import torch
 from detectron2.data import MetadataCatalog, build_detection_train_loader
 from detectron2.data.samplers import TrainingSampler
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
+from detectron2.engine import hooks as d2_hooks
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, SemSegEvaluator
 from detectron2.utils import comm
@@ -152,6 +153,18 @@ class Trainer(DefaultTrainer):
         model = build_model(cfg)
         logger.info("Model:\n%s", model)
         return model
+
+    def after_train(self):
+        """As Detectron2's, except after a run stopped by an exception: then the final
+        evaluation and the ``model_final`` checkpoint are skipped (Detectron2 does both when the
+        failure happens in the last iteration), so a broken run never reports results or leaves
+        a file that looks finished. The other hooks (writers) still run."""
+        self.storage.iter = self.iter
+        stopped = self.iter < self.max_iter  # a finished loop leaves iter == max_iter
+        for hook in self._hooks:
+            if stopped and isinstance(hook, (d2_hooks.EvalHook, d2_hooks.PeriodicCheckpointer)):
+                continue
+            hook.after_train()
 
     def build_hooks(self):
         hooks = super().build_hooks()

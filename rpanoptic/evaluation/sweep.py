@@ -33,7 +33,7 @@ METRICS = ["PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st
 def parse_counts(text: str) -> List[int]:
     """ "1,5,10" -> [1, 5, 10]; raises ValueError naming the flag on bad input."""
     try:
-        counts = sorted({int(t) for t in text.split(",") if t.strip()})
+        counts = sorted({int(t) for t in text.split(",")})  # an empty item ("5,,10") is an error
     except ValueError:
         counts = []
     if not counts or counts[0] < 1:

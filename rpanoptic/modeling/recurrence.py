@@ -42,7 +42,10 @@ _RULES = {
         lambda v: v in LCP_REDUCTIONS,
         " | ".join(map(repr, LCP_REDUCTIONS)),
     ),
-    "MODEL.RECURRENT.LCP_TAU": (lambda v: _is_num(v) and v > 0, "a number > 0 (paper: 0.9)"),
+    "MODEL.RECURRENT.LCP_TAU": (
+        lambda v: _is_num(v) and 0 < v < 1,
+        "0 < value < 1 (a contraction; the paper uses 0.9-0.999)",
+    ),
     "MODEL.RECURRENT.HALT_TOL": (lambda v: _is_num(v) and v >= 0, "a number >= 0 (0 disables)"),
     "MODEL.RECURRENT.LR_FACTOR": (lambda v: _is_num(v) and v > 0, "a number > 0"),
     "MODEL.RECURRENT.DIAGNOSTICS_PERIOD": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
@@ -74,6 +77,13 @@ def validate_recurrent_config(cfg) -> None:
         value = _get(cfg, key)
         if not ok(value):
             raise ValueError(f"Config {key} = {value!r} is invalid; allowed: {allowed}.")
+    rfpn = cfg.MODEL.BACKBONE.NAME == "build_resnet_rfpn_backbone"
+    if rfpn and "RFPN" in cfg.MODEL and not list(cfg.MODEL.RFPN.LEVELS):
+        raise ValueError(
+            "Config MODEL.RFPN.LEVELS = [] is invalid with MODEL.BACKBONE.NAME = "
+            "'build_resnet_rfpn_backbone': it would build no recurrent layer; allowed: one or "
+            "more FPN levels such as ['p2', 'p3'] (or use build_resnet_fpn_backbone)."
+        )
 
 
 def build_recurrence(cfg, channels: int) -> Recurrence:

@@ -94,12 +94,13 @@ class Recurrence(nn.Module):
         timesteps: N, steps run during training (>= 1).
         grad: "bptt", "cbptt", "rbp" or "crbp" (see the module docstring).
         neumann_steps: K, terms of the Neumann series after the first (rbp/crbp; >= 0).
-        lcp_tau: tau of the Lipschitz coefficient penalty (cbptt/crbp; > 0).
+        lcp_tau: tau of the Lipschitz coefficient penalty (cbptt/crbp; 0 < tau < 1).
         test_timesteps: steps run at inference; 0 means ``timesteps``.
         halt_tol: relative-change tolerance of per-sample halting at inference; 0 disables.
         neumann_rtol: relative tolerance that stops the Neumann series early (0 disables).
         check_finite: after each forward, check the final state and raise FloatingPointError
-            naming the layer (``name``) and the first non-finite step (one host sync).
+            naming the layer (``name``) and the first non-finite step (one fused check and host
+            sync per forward; on by default).
         lcp_reduction: "sum" (the authors' panoptic code) or "mean" of the penalty over the
             state's elements (see ``lcp.py``).
 
@@ -119,7 +120,7 @@ class Recurrence(nn.Module):
         test_timesteps: int = 0,
         halt_tol: float = 0.0,
         neumann_rtol: float = 0.0,
-        check_finite: bool = False,
+        check_finite: bool = True,
         lcp_reduction: str = "sum",
     ):
         super().__init__()
@@ -134,8 +135,8 @@ class Recurrence(nn.Module):
         _check(
             "lcp_tau",
             lcp_tau,
-            _is_number(lcp_tau) and lcp_tau > 0,
-            "a number > 0 (the paper uses 0.9)",
+            _is_number(lcp_tau) and 0 < lcp_tau < 1,
+            "0 < lcp_tau < 1 (a contraction; the paper uses 0.9-0.999)",
         )
         _check(
             "test_timesteps",
@@ -190,6 +191,16 @@ class Recurrence(nn.Module):
         """
         if x.dtype in (torch.float16, torch.bfloat16):
             x = x.float()
+        low = [
+            p.dtype for p in self.cell.parameters() if p.dtype in (torch.float16, torch.bfloat16)
+        ]
+        if low:
+            raise TypeError(
+                f"Recurrence {self.name!r}: its cell's parameters are {low[0]}, but the fixed "
+                "point and its gradient are computed in float32. Keep the cell in float32 "
+                "(call .float() on it after .half()) and use autocast for mixed precision: the "
+                "recurrence runs outside autocast in float32 and casts half inputs itself."
+            )
         if x.shape[0] == 0:  # e.g. no RoI in an image: keep the graph connected, do nothing
             return self._empty(x)
         start = torch.zeros_like(x) if h0 is None else h0.to(x.dtype)
