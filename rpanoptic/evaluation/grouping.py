@@ -15,11 +15,12 @@ import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.layers import paste_masks_in_image
 from detectron2.structures import Boxes, Instances
+from PIL import Image
 
 from ..data.validate import read_panoptic_png
 from .report import _inputs
 
-__all__ = ["mask_probability_stats", "instance_grouping"]
+__all__ = ["draw_instance_masks", "mask_probability_stats", "instance_grouping"]
 
 
 def mask_probability_stats(
@@ -50,6 +51,36 @@ def mask_probability_stats(
     return rows
 
 
+def _box_probabilities(model, cfg, record: dict, contiguous: int):
+    """The mask head's probabilities from the ground-truth boxes of the instances of category
+    ``contiguous`` in ``record`` (None when it has fewer than two): (ids, masks, boxes, probs),
+    probs (K, H, W) pasted into the image at its stored size."""
+    segments = [
+        s for s in record["segments_info"] if s["isthing"] and s["category_id"] == contiguous
+    ]
+    if len(segments) < 2:
+        return None
+    ids = read_panoptic_png(record["pan_seg_file_name"])
+    masks = [ids == s["id"] for s in segments]
+    boxes = []
+    for m in masks:
+        ys, xs = np.nonzero(m)
+        boxes.append([int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1])
+    inputs = _inputs(cfg, record)
+    images = model.preprocess_image([inputs])
+    scale = images.image_sizes[0][1] / ids.shape[1]  # the test-time resize
+    features = model.backbone(images.tensor)
+    instances = Instances(images.image_sizes[0])
+    instances.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32) * scale)
+    instances.pred_classes = torch.full((len(boxes),), contiguous, dtype=torch.long)
+    instances = instances.to(images.tensor.device)
+    out = model.roi_heads.forward_with_given_boxes(features, [instances])[0]
+    box = Boxes(torch.tensor(boxes, dtype=torch.float32, device=images.tensor.device))
+    pasted = paste_masks_in_image(out.pred_masks[:, 0], box, ids.shape, threshold=-1)
+    probs = pasted.float().cpu().numpy() / 255.0  # a negative threshold gives 0-255
+    return ids, masks, boxes, probs
+
+
 @torch.no_grad()
 def instance_grouping(
     model, cfg, dataset_name: str, category: str, max_images: int = 50
@@ -58,39 +89,15 @@ def instance_grouping(
     images of a standard panoptic dataset (``pan_seg_file_name`` records) that hold at least two
     of them. Returns the means over instances of ``own``, ``other`` and ``background`` (see
     :func:`mask_probability_stats`), ``separation`` = own - other, and ``instances``."""
-    meta = MetadataCatalog.get(dataset_name)
-    contiguous = meta.thing_classes.index(category)
+    contiguous = MetadataCatalog.get(dataset_name).thing_classes.index(category)
     was_training = model.training
     model.eval()
     rows = []
     try:
         for record in DatasetCatalog.get(dataset_name)[:max_images]:
-            segments = [
-                s
-                for s in record["segments_info"]
-                if s["isthing"] and s["category_id"] == contiguous
-            ]
-            if len(segments) < 2:
-                continue
-            ids = read_panoptic_png(record["pan_seg_file_name"])
-            masks = [ids == s["id"] for s in segments]
-            boxes = []
-            for m in masks:
-                ys, xs = np.nonzero(m)
-                boxes.append([int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1])
-            inputs = _inputs(cfg, record)
-            images = model.preprocess_image([inputs])
-            scale = images.image_sizes[0][1] / ids.shape[1]  # the test-time resize
-            features = model.backbone(images.tensor)
-            instances = Instances(images.image_sizes[0])
-            instances.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32) * scale)
-            instances.pred_classes = torch.full((len(boxes),), contiguous, dtype=torch.long)
-            instances = instances.to(images.tensor.device)
-            out = model.roi_heads.forward_with_given_boxes(features, [instances])[0]
-            box = Boxes(torch.tensor(boxes, dtype=torch.float32, device=images.tensor.device))
-            pasted = paste_masks_in_image(out.pred_masks[:, 0], box, ids.shape, threshold=-1)
-            probs = pasted.float().cpu().numpy() / 255.0  # a negative threshold gives 0-255
-            rows += mask_probability_stats(probs, masks, boxes)
+            found = _box_probabilities(model, cfg, record, contiguous)
+            if found is not None:
+                rows += mask_probability_stats(found[3], found[1], found[2])
     finally:
         model.train(was_training)
     if not rows:
@@ -104,3 +111,55 @@ def instance_grouping(
         "background": float(np.mean([r["background"] for r in rows])),
         "separation": own - other,
     }
+
+
+@torch.no_grad()
+def draw_instance_masks(
+    model, cfg, dataset_name: str, category: str, path: str, num: int = 6
+) -> int:
+    """Draw, for the first ``num`` instances of ``category`` found as in
+    :func:`instance_grouping`, the image in the instance's box, its ground truth (own pixels
+    white, the other same-category instances' red) and the mask head's probability from that
+    box. Writes ``path`` (PNG); returns the number of instances drawn."""
+    from .report import _pyplot
+
+    contiguous = MetadataCatalog.get(dataset_name).thing_classes.index(category)
+    was_training = model.training
+    model.eval()
+    panels = []
+    try:
+        for record in DatasetCatalog.get(dataset_name):
+            found = _box_probabilities(model, cfg, record, contiguous)
+            if found is None:
+                continue
+            ids, masks, boxes, probs = found
+            image = np.asarray(Image.open(record["file_name"]).convert("RGB"))
+            union = np.any(np.stack(masks), axis=0)
+            for mask, (x0, y0, x1, y1), prob in zip(masks, boxes, probs):
+                truth = np.zeros(mask.shape + (3,))
+                truth[union & ~mask] = (1.0, 0.2, 0.2)
+                truth[mask] = 1.0
+                crop = (slice(y0, y1), slice(x0, x1))
+                panels.append((image[crop], truth[crop], prob[crop]))
+            if len(panels) >= num:
+                break
+    finally:
+        model.train(was_training)
+    panels = panels[:num]
+    if not panels:
+        return 0
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(panels), 3, figsize=(7.5, 2.5 * len(panels)), squeeze=False)
+    titles = ("image in the box", "truth (white: own, red: others)", "mask-head probability")
+    for row, panel in zip(axes, panels):
+        for ax, data, title in zip(row, panel, titles):
+            shown = ax.imshow(data, vmin=0, vmax=1, cmap="viridis") if data.ndim == 2 else None
+            if shown is None:
+                ax.imshow(data)
+            ax.set_title(title, fontsize=8)
+            ax.axis("off")
+    fig.suptitle(f"{category}: mask head from the ground-truth box ({dataset_name})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return len(panels)
