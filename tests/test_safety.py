@@ -267,3 +267,20 @@ def test_dataset_of_another_recipe_is_never_overwritten(small_dataset):
     assert open(image, "rb").read() == before
     assert generate_synthetic_panoptic(small_dataset, COUNTS, seed=1, spec=other, overwrite=True)
     assert recipe_differences(small_dataset, COUNTS, 1, other) == []
+
+
+def test_demo_stops_on_a_dataset_of_another_recipe(tmp_path, monkeypatch):
+    import importlib.util
+
+    root = tmp_path / "datasets"
+    folder = str(root / "synthetic_panoptic")
+    generate_synthetic_panoptic(folder, {"train": 2, "val": 1}, seed=5, spec=SceneSpec(size=160))
+    before = open(os.path.join(folder, "generator.json")).read()
+    monkeypatch.setenv("RPANOPTIC_DATASETS", str(root))
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools", "demo.py")
+    spec = importlib.util.spec_from_file_location("demo_tool", path)
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    assert demo.main(["--train", "2", "--val", "1", "--output-dir", str(tmp_path / "o")]) == 2
+    assert open(os.path.join(folder, "generator.json")).read() == before
+    assert not os.path.exists(tmp_path / "o")

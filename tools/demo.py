@@ -41,12 +41,17 @@ def main(argv=None):
     args = parse_args(argv)
     setup_logger(name="detectron2")
     setup_logger(name="rpanoptic")
-    ensure_synthetic_dataset({"train": args.train, "val": args.val}, args.seed, args.size)
+    try:
+        ensure_synthetic_dataset({"train": args.train, "val": args.val}, args.seed, args.size)
+    except ValueError as e:  # e.g. a dataset made with another recipe: left as it is
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     cfg = demo_config(args.config_file, args.output_dir, args.iters, args.device, args.opts)
     files = run_demo(cfg)
     print(f"\nDemo results in {os.path.abspath(cfg.OUTPUT_DIR)}:")
     for what, path in files.items():
         print(f"  {what:28s} {os.path.relpath(path)}")
+    return 0
 
 
 if __name__ == "__main__":

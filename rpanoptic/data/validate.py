@@ -18,7 +18,11 @@ __all__ = ["check_panoptic_json", "read_json", "read_panoptic_png", "validate_pa
 
 logger = logging.getLogger(__name__)
 
-REGENERATE = "regenerate the dataset (or extract it again from its download)"
+REGENERATE = (
+    "repair the dataset: for the synthetic set rerun python datasets/prepare_synthetic_panoptic.py"
+    " with the flags that made it (it rewrites the splits with missing or corrupt files); for a "
+    "downloaded set, extract it again from its download"
+)
 PROGRESS_FROM = 2000  # show a progress bar from this many annotations on
 
 
