@@ -6,8 +6,8 @@ from _detectron import ROOT, TINY
 from test_data_panoptic import dataset_kwargs, make_dataset, unique_name
 
 from rpanoptic.data import register_panoptic_dataset
-from rpanoptic.engine.demo import run_demo, sweep_counts
 from rpanoptic.engine.setup import get_rpanoptic_cfg
+from rpanoptic.experiments.demo import run_demo, sweep_counts
 
 
 def test_sweep_counts_reach_past_n():

@@ -13,8 +13,8 @@ import pytest
 from scipy.stats import t as scipy_t
 
 from rpanoptic.data import SceneSpec, generate_synthetic_panoptic
-from rpanoptic.engine.compare import COUNTS, Entry, run_plan, summarize, write_comparison
 from rpanoptic.evaluation.comparison import paired_tests
+from rpanoptic.experiments.compare import COUNTS, Entry, run_plan, summarize, write_comparison
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = "configs/quick_schedules/panoptic_rfpn_R_18_crbp_instant_test.yaml"

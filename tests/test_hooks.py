@@ -143,7 +143,7 @@ def test_diagnostics_plot_draws_nothing_without_recurrent_scalars(tmp_path):
 
 
 def test_contraction_table_and_picture(tmp_path):
-    from rpanoptic.engine.contraction import write_contraction
+    from rpanoptic.experiments.contraction import write_contraction
 
     rows = [
         dict(mode=m, iteration=i, layer=f"backbone.rfpn.{lvl}.recurrence", metric=k, value=v)

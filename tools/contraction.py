@@ -15,11 +15,10 @@ import sys
 from detectron2.utils.logger import setup_logger
 
 import rpanoptic  # noqa: F401  (registers rpanoptic's components and the synthetic datasets)
-from rpanoptic.data import SceneSpec
+from rpanoptic.data import SceneSpec, ensure_synthetic_dataset
 from rpanoptic.data.synthetic import FOLDER, datasets_root
-from rpanoptic.engine.contraction import train_modes, write_contraction
-from rpanoptic.engine.demo import ensure_synthetic_dataset
 from rpanoptic.engine.setup import get_rpanoptic_cfg
+from rpanoptic.experiments.contraction import train_modes, write_contraction
 
 # COCO-shaped configs on synthetic images without pretrained weights: GroupNorm in the ResNet
 # (FrozenBN with random weights lets activations explode), the RFPN's residual scale at 1 as for

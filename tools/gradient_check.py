@@ -19,8 +19,7 @@ from detectron2.data import build_detection_train_loader
 from detectron2.utils.events import EventStorage
 
 import rpanoptic  # noqa: F401  (registers rpanoptic's components and the synthetic datasets)
-from rpanoptic.data import SceneSpec
-from rpanoptic.engine.demo import ensure_synthetic_dataset
+from rpanoptic.data import SceneSpec, ensure_synthetic_dataset
 from rpanoptic.engine.setup import get_rpanoptic_cfg
 from rpanoptic.evaluation.gradients import gradient_table, gradients_by_mode
 from rpanoptic.modeling import build_model

@@ -14,9 +14,8 @@ import os
 import sys
 
 import rpanoptic  # noqa: F401  (registers rpanoptic's components and the synthetic datasets)
-from rpanoptic.data import SceneSpec
+from rpanoptic.data import SceneSpec, ensure_synthetic_dataset, standard_dataset
 from rpanoptic.engine.checkpoint import load_weights
-from rpanoptic.engine.demo import ensure_synthetic_dataset, standard_dataset
 from rpanoptic.engine.setup import get_rpanoptic_cfg
 from rpanoptic.evaluation.grouping import draw_instance_masks, instance_grouping
 from rpanoptic.modeling import build_model

@@ -7,14 +7,21 @@ from .panoptic import (
     panoptic_to_semantic,
     register_panoptic_dataset,
     separate_semantic_from_panoptic,
+    standard_dataset,
     stuff_id_map,
 )
-from .synthetic import generate_synthetic_panoptic, register_synthetic_panoptic, synthetic_paths
+from .synthetic import (
+    ensure_synthetic_dataset,
+    generate_synthetic_panoptic,
+    register_synthetic_panoptic,
+    synthetic_paths,
+)
 from .synthetic_scene import SceneSpec, make_scene
 from .validate import validate_panoptic_dataset
 
 __all__ = [
     "SceneSpec",
+    "ensure_synthetic_dataset",
     "generate_synthetic_panoptic",
     "make_scene",
     "register_synthetic_panoptic",
@@ -25,6 +32,7 @@ __all__ = [
     "panoptic_to_semantic",
     "register_panoptic_dataset",
     "separate_semantic_from_panoptic",
+    "standard_dataset",
     "stuff_id_map",
     "validate_panoptic_dataset",
 ]

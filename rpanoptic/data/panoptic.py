@@ -34,6 +34,7 @@ __all__ = [
     "separate_semantic_from_panoptic",
     "load_panoptic_json",
     "load_panoptic_separated",
+    "standard_dataset",
 ]
 
 logger = logging.getLogger(__name__)
@@ -451,3 +452,8 @@ def _register_separated(name, common, sem_seg_root, instances_json, meta, checke
         ignore_label=IGNORE_LABEL,
         **meta,
     )
+
+
+def standard_dataset(name: str) -> str:
+    """The standard panoptic dataset of Panoptic FPN's ``<name>_separated`` (else ``name``)."""
+    return name[: -len("_separated")] if name.endswith("_separated") else name

@@ -34,6 +34,7 @@ __all__ = [
     "SPLITS",
     "datasets_root",
     "synthetic_paths",
+    "ensure_synthetic_dataset",
     "generate_synthetic_panoptic",
     "recipe_differences",
     "register_synthetic_panoptic",
@@ -292,3 +293,20 @@ def register_synthetic_panoptic(
             before_load=functools.partial(_check_present, name, root, split),
         )
     return num_classes
+
+
+def ensure_synthetic_dataset(
+    counts: Dict[str, int], seed: int = 0, size: int = SceneSpec.size, root: str = ""
+) -> str:
+    """Generate the synthetic dataset (``size`` px images) into ``root`` (default
+    ``<datasets>/synthetic_panoptic``) unless it is there with the same recipe (one made with
+    another recipe raises ValueError and is left as it is); registers it and returns its
+    folder."""
+    root = root or os.path.join(datasets_root(), FOLDER)
+    spec = SceneSpec(size=size)
+    if generate_synthetic_panoptic(
+        root, counts, seed=seed, spec=spec, workers=os.cpu_count() or 1, progress=True
+    ):
+        logger.info("Wrote the synthetic panoptic dataset to %s", root)
+    register_synthetic_panoptic(root)
+    return root

@@ -1,6 +1,7 @@
-"""Tables, statistics and plots of a comparison of models trained with several seeds (the results
-of ``rpanoptic.engine.compare``): mean and sample standard deviation over seeds, a paired t-test
-of each model against its baseline over the seeds both have, and PQ against inference steps."""
+"""Tables, statistics and plots of a comparison of models trained with several seeds (the
+results of ``rpanoptic.experiments.compare``): mean and sample standard deviation over seeds, a
+paired t-test of each model against its baseline over the seeds both have, and PQ against
+inference steps."""
 
 import csv
 import os

@@ -2,7 +2,7 @@
 ``build_resnet_rfpn_backbone`` (BACKBONE_REGISTRY) and ``RecurrentMaskRCNNConvUpsampleHead``
 (ROI_MASK_HEAD_REGISTRY)."""
 
-from .build import build_model
+from .build import build_model, has_recurrence
 from .mask_head import RecurrentMaskRCNNConvUpsampleHead
 from .recurrence import (
     build_recurrence,
@@ -14,6 +14,7 @@ from .rfpn import RFPN, RecurrentLevel, build_resnet_rfpn_backbone
 
 __all__ = [
     "build_model",
+    "has_recurrence",
     "build_recurrence",
     "recurrent_layers",
     "parameter_groups",

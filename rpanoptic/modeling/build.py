@@ -4,7 +4,7 @@ from detectron2.modeling import build_model as d2_build_model
 
 from .recurrence import recurrent_layers, validate_recurrent_config
 
-__all__ = ["build_model"]
+__all__ = ["build_model", "has_recurrence"]
 
 OUR_NAMES = ("build_resnet_rfpn_backbone", "RecurrentMaskRCNNConvUpsampleHead")
 
@@ -28,3 +28,8 @@ def build_model(cfg):
         raise
     recurrent_layers(model)
     return model
+
+
+def has_recurrence(cfg) -> bool:
+    """Whether ``cfg`` builds a model with a recurrent layer (RFPN or recurrent mask head)."""
+    return cfg.MODEL.BACKBONE.NAME == OUR_NAMES[0] or (cfg.MODEL.ROI_MASK_HEAD.NAME == OUR_NAMES[1])

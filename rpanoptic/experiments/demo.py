@@ -12,13 +12,9 @@ from detectron2.data import DatasetCatalog
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 
-from ..data.synthetic import (
-    FOLDER,
-    datasets_root,
-    generate_synthetic_panoptic,
-    register_synthetic_panoptic,
-)
-from ..data.synthetic_scene import SceneSpec
+from ..data.panoptic import standard_dataset
+from ..engine.setup import get_rpanoptic_cfg
+from ..engine.trainer import Trainer
 from ..evaluation import timestep_sweep
 from ..evaluation.report import (
     draw_predictions,
@@ -27,36 +23,16 @@ from ..evaluation.report import (
     plot_training_curves,
     write_report,
 )
-from .setup import get_rpanoptic_cfg
-from .trainer import Trainer
+from ..modeling.build import has_recurrence
 
 __all__ = [
     "demo_config",
-    "ensure_synthetic_dataset",
-    "has_recurrence",
-    "standard_dataset",
     "run_demo",
     "sweep_counts",
     "train_and_evaluate",
 ]
 
 logger = logging.getLogger(__name__)
-
-
-def ensure_synthetic_dataset(
-    counts: Dict[str, int], seed: int = 0, size: int = SceneSpec.size, root: str = ""
-) -> str:
-    """Generate the synthetic dataset (``size`` px images) into ``root`` (default
-    ``<datasets>/synthetic_panoptic``) unless it is there with the same recipe; registers it
-    and returns its folder."""
-    root = root or os.path.join(datasets_root(), FOLDER)
-    spec = SceneSpec(size=size)
-    if generate_synthetic_panoptic(
-        root, counts, seed=seed, spec=spec, workers=os.cpu_count() or 1, progress=True
-    ):
-        logger.info("Wrote the synthetic panoptic dataset to %s", root)
-    register_synthetic_panoptic(root)
-    return root
 
 
 def demo_config(config_file: str, output_dir: str, iters: int = 0, device: str = "", opts=()):
@@ -79,18 +55,6 @@ def demo_config(config_file: str, output_dir: str, iters: int = 0, device: str =
 def sweep_counts(trained: int) -> list:
     """Inference step counts to show: from 1 to three times the trained N."""
     return sorted({1, 2, max(1, trained // 2), trained, 2 * trained, 3 * trained})
-
-
-def standard_dataset(name: str) -> str:
-    """The standard panoptic dataset of Panoptic FPN's ``<name>_separated`` (else ``name``)."""
-    return name[: -len("_separated")] if name.endswith("_separated") else name
-
-
-def has_recurrence(cfg) -> bool:
-    """Whether ``cfg`` builds a model with a recurrent layer (RFPN or recurrent mask head)."""
-    return cfg.MODEL.BACKBONE.NAME == "build_resnet_rfpn_backbone" or (
-        cfg.MODEL.ROI_MASK_HEAD.NAME == "RecurrentMaskRCNNConvUpsampleHead"
-    )
 
 
 def train_and_evaluate(cfg, counts: Sequence[int] = ()) -> Dict:

@@ -17,21 +17,16 @@ that starts from another's weights re-trains that run when its checkpoint is mis
 import json
 import logging
 import os
-import resource
-import statistics
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Sequence, Tuple
 
-import torch
-from detectron2.data import build_detection_test_loader
-
-from ..evaluation.comparison import COUNTS, METRICS, summarize, write_comparison
-from ..evaluation.grouping import instance_grouping
-from ..evaluation.report import read_metrics
-from .demo import demo_config, has_recurrence, standard_dataset, train_and_evaluate
-from .setup import get_rpanoptic_cfg
+from ..data.synthetic_scene import SceneSpec
+from ..engine.setup import get_rpanoptic_cfg
+from ..evaluation.comparison import COUNTS, summarize, write_comparison
+from ..modeling.build import OUR_NAMES
 
 __all__ = [
     "COUNTS",
@@ -39,7 +34,8 @@ __all__ = [
     "Entry",
     "describe",
     "plan_from_configs",
-    "run_one",
+    "launcher",
+    "run_comparison",
     "run_plan",
     "summarize",
     "write_comparison",
@@ -113,10 +109,10 @@ def describe(cfg) -> str:
     """A short name of what a config trains, e.g. "RFPN p3-p5, crbp N=10"."""
     rec = cfg.MODEL.RECURRENT
     steps = f"{rec.GRAD} N={rec.TIMESTEPS}"
-    if cfg.MODEL.BACKBONE.NAME == "build_resnet_rfpn_backbone":
+    if cfg.MODEL.BACKBONE.NAME == OUR_NAMES[0]:
         levels = cfg.MODEL.RFPN.LEVELS
         return f"RFPN {levels[0]}-{levels[-1]}, {steps}"
-    if cfg.MODEL.ROI_MASK_HEAD.NAME == "RecurrentMaskRCNNConvUpsampleHead":
+    if cfg.MODEL.ROI_MASK_HEAD.NAME == OUR_NAMES[1]:
         return f"recurrent mask head, {steps}"
     return "Panoptic FPN (feed-forward)"
 
@@ -131,131 +127,6 @@ def plan_from_configs(configs: Sequence[str]) -> List[Entry]:
         Entry(n, lbl, c, baseline=names[0] if i else "")
         for i, (n, lbl, c) in enumerate(zip(names, labels, configs))
     ]
-
-
-def _peak_memory_mb(device: str) -> float:
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def _step_seconds(metrics_json: str, fallback: float) -> float:
-    """Median training-step time logged in a metrics.json (Detectron2 logs it from the 4th
-    iteration on); ``fallback`` for runs too short to have it."""
-    with open(metrics_json) as f:
-        times = [json.loads(line).get("time") for line in f if line.strip()]
-    times = [t for t in times if t is not None]
-    return statistics.median(times) if times else fallback
-
-
-@torch.no_grad()
-def _inference_seconds(cfg, model, images: int = 20) -> float:
-    """Median seconds per image (batch 1, eval mode, at TEST_TIMESTEPS) on the test set."""
-    model.eval()
-    loader = build_detection_test_loader(cfg, cfg.DATASETS.TEST[0])
-    sync = torch.cuda.synchronize if cfg.MODEL.DEVICE.startswith("cuda") else (lambda: None)
-    times = []
-    for i, inputs in enumerate(loader):
-        if i > images:
-            break
-        sync()
-        start = time.perf_counter()
-        model(inputs)
-        sync()
-        if i > 0:  # the first image warms up
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def _per_class(panoptic: Dict) -> Dict[str, float]:
-    """The per-category PQ of a ``panoptic_seg`` result (``PQ/<category>``)."""
-    return {k: v for k, v in panoptic.items() if k.startswith("PQ/")}
-
-
-def _write_json(path: str, data: Dict) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
-
-
-def run_one(
-    config_file: str,
-    seed: int,
-    output_dir: str,
-    result_path: str,
-    iters: int = 0,
-    device: str = "",
-    opts: Sequence[str] = (),
-    *,
-    fraction: float = 1.0,
-    init_weights: str = "",
-    name: str = "",
-    label: str = "",
-    grouping_category: str = "",
-) -> Dict:
-    """Train and measure one config with one seed; writes ``result_path`` and returns its dict.
-
-    ``iters`` (0: the config's SOLVER.MAX_ITER) times ``fraction`` iterations are trained,
-    starting from ``init_weights`` when given (else from scratch). With ``grouping_category``
-    (a thing class of the test set), the result also holds the mask head's
-    :func:`~rpanoptic.evaluation.grouping.instance_grouping` of that category.
-    """
-    opts = [*opts, "SEED", str(seed)]
-    total = iters or get_rpanoptic_cfg(config_file, opts).SOLVER.MAX_ITER
-    cfg = demo_config(config_file, output_dir, max(1, round(total * fraction)), device, opts)
-    if init_weights:
-        cfg.MODEL.WEIGHTS = init_weights
-    if cfg.MODEL.DEVICE.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-    run = train_and_evaluate(cfg, COUNTS)
-    model = run["model"]
-    result = {
-        "name": name or os.path.splitext(os.path.basename(config_file))[0],
-        "model": label or describe(cfg),
-        "config": os.path.relpath(config_file),
-        "opts": list(opts[:-2]),
-        "init_from": init_weights,
-        "seed": seed,
-        "iters": cfg.SOLVER.MAX_ITER,
-        "device": cfg.MODEL.DEVICE,
-        "threads": torch.get_num_threads(),
-        **{m: run["results"]["panoptic_seg"][m] for m in METRICS},
-        **_per_class(run["results"]["panoptic_seg"]),
-        "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
-        "train_peak_mb": _peak_memory_mb(cfg.MODEL.DEVICE),
-        "step_s": _step_seconds(
-            os.path.join(output_dir, "metrics.json"), run["train_s"] / cfg.SOLVER.MAX_ITER
-        ),
-        "infer_img_s": _inference_seconds(cfg, model),
-        "train_s": run["train_s"],
-        "sweep": {
-            str(t): {
-                **{m: r["panoptic_seg"][m] for m in ("PQ", "PQ_th", "PQ_st")},
-                **_per_class(r["panoptic_seg"]),
-            }
-            for t, r in run["sweep"].items()
-        },
-        "trained_timesteps": cfg.MODEL.RECURRENT.TIMESTEPS if has_recurrence(cfg) else 0,
-        "diagnostics": logged_diagnostics(os.path.join(output_dir, "metrics.json")),
-    }
-    if grouping_category:
-        standard = standard_dataset(cfg.DATASETS.TEST[0])
-        result["grouping"] = instance_grouping(model, cfg, standard, grouping_category)
-    _write_json(result_path, result)
-    return result
-
-
-def logged_diagnostics(metrics_json: str) -> Dict[str, List[List[float]]]:
-    """The ``recurrent/*`` and ``params/*`` scalars of a metrics.json, as {key: [[iteration,
-    value], ...]}: the contraction and learning of the recurrent layers during training."""
-    series: Dict[str, List[List[float]]] = {}
-    for record in read_metrics(metrics_json):
-        for key, value in record.items():
-            if key.startswith(("recurrent/", "params/")):
-                series.setdefault(key, []).append([record["iteration"], value])
-    return series
 
 
 def result_file(results_dir: str, entry: Entry, seed: int) -> str:
@@ -346,6 +217,57 @@ def run_plan(
         if running:
             time.sleep(0.5)
     return [load_json(result_file(results_dir, e, s)) for e, s in pending if has_result(e, s)]
+
+
+def launcher(
+    iters: int = 0,
+    device: str = "",
+    counts: Dict[str, int] = None,
+    size: int = 0,
+    grouping_category: str = "",
+    opts: Sequence[str] = (),
+    cwd: str = ".",
+) -> Launch:
+    """The :data:`Launch` that starts each run as ``python -m rpanoptic.experiments.run_one``
+    with ``threads`` OpenMP/MKL threads, logging to ``<folder>/log.txt``."""
+    counts = counts or {"train": 400, "val": 50}
+
+    def launch(entry, seed, folder, result, init, threads):
+        cmd = [sys.executable, "-m", "rpanoptic.experiments.run_one", "--config-file", entry.config]
+        cmd += ["--seed", str(seed), "--result", result, "--fraction", str(entry.fraction)]
+        cmd += ["--init-weights", init, "--name", entry.name, "--label", entry.label]
+        cmd += ["--grouping-category", grouping_category]
+        cmd += ["--iters", str(iters), "--device", device, "--output-dir", folder]
+        cmd += ["--train", str(counts["train"]), "--val", str(counts["val"])]
+        cmd += ["--size", str(size or SceneSpec.size), *entry.opts, *opts]
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        with open(os.path.join(folder, "log.txt"), "w") as log:
+            return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, env=env)
+
+    return launch
+
+
+def run_comparison(
+    plan: Sequence[Entry],
+    seeds: Sequence[int],
+    results_dir: str,
+    output_dir: str,
+    launch: Launch,
+    jobs: int = 1,
+    tested: Sequence[str] = ("PQ", "PQ_th"),
+    log: Callable[[str], None] = print,
+) -> Dict[str, str]:
+    """Run the missing runs of ``plan`` x ``seeds`` (:func:`run_plan`), then write the tables
+    and plots of every result (:func:`write_comparison`, paired tests of the ``tested``
+    metrics against each entry's baseline). Returns {file name: path}."""
+    results = run_plan(plan, seeds, results_dir, output_dir, launch, jobs=jobs, log=log)
+    for r in results:
+        log(
+            f"  {r['model']} seed {r['seed']}: PQ {r['PQ']:.1f} (things {r['PQ_th']:.1f}, "
+            f"stuff {r['PQ_st']:.1f}), {r['train_s'] / 60:.1f} min"
+        )
+    baselines = {e.name: e.baseline for e in plan}
+    return write_comparison(results, results_dir, baselines, tuple(tested))
 
 
 def load_json(path: str) -> Dict:

@@ -13,9 +13,9 @@ import logging
 import os
 from typing import Dict, List, Sequence
 
+from ..engine.trainer import Trainer
 from ..evaluation.report import _pyplot
 from .demo import demo_config
-from .trainer import Trainer
 
 __all__ = ["train_modes", "write_contraction"]
 
