@@ -3,13 +3,9 @@
 import csv
 import multiprocessing as mp
 import os
-import resource
 import sys
 
-
-def peak_rss_mb() -> float:
-    """The process's peak resident set size so far, in MB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from rpanoptic.utils import peak_rss_mb  # noqa: F401  (re-exported for the scripts)
 
 
 def run_configurations(fn, tasks, device: str, desc: str = "configurations"):

@@ -200,10 +200,9 @@ def targets(rows):
 
 def write(rows, goals, outdir):
     """Print the tables; write results.csv, targets.csv and memory_vs_steps.png to outdir."""
-    import matplotlib
+    from rpanoptic.utils import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     save_tables(outdir, rows, goals)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))

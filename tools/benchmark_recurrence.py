@@ -193,10 +193,9 @@ def check_targets(rows):
 
 
 def write_outputs(rows, targets, outdir):
-    import matplotlib
+    from rpanoptic.utils import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     save_tables(outdir, rows, targets)
 

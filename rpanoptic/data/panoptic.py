@@ -19,6 +19,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.coco import load_coco_json
 from PIL import Image
 
+from ..utils import atomic_write
 from .validate import (
     check_panoptic_json,
     read_json,
@@ -136,10 +137,7 @@ def panoptic_to_semantic(
     present, inverse = np.unique(ids, return_inverse=True)
     values = np.array([lut.get(int(i), IGNORE_LABEL) for i in present], dtype=np.uint8)
     semantic = values[inverse].reshape(ids.shape)
-    os.makedirs(os.path.dirname(os.path.abspath(output_png)), exist_ok=True)
-    tmp = output_png + ".tmp"
-    Image.fromarray(semantic).save(tmp, format="PNG")
-    os.replace(tmp, output_png)
+    atomic_write(output_png, lambda f: Image.fromarray(semantic).save(f, format="PNG"))
 
 
 def _convert_one(job: Tuple[str, List[dict], str], id_map: Dict[int, int], overwrite: bool):

@@ -26,6 +26,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 from pycocotools import mask as mask_util
 
+from ..utils import atomic_write_json
 from .panoptic import _REGISTERED, register_panoptic_dataset, separate_semantic_from_panoptic
 from .synthetic_scene import CATEGORIES, SceneSpec, make_scene
 from .validate import validate_panoptic_dataset
@@ -102,13 +103,6 @@ def _one_image(index: int, split: str, seed: int, spec: SceneSpec, paths: Dict[s
     return entry, annotation, instances
 
 
-def _write_json(path: str, data: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f)
-    os.replace(tmp, path)  # a crash never leaves a half-written JSON under the real name
-
-
 def _generate_split(root, split, count, seed, spec, workers, progress) -> None:
     paths = synthetic_paths(root, split)
     for key in ("image_root", "panoptic_root"):
@@ -125,12 +119,14 @@ def _generate_split(root, split, count, seed, spec, workers, progress) -> None:
     instances = [dict(a, id=k + 1) for k, a in enumerate(a for r in results for a in r[2])]
     info = {"description": f"rpanoptic synthetic panoptic, {split}", "version": "1.0"}
     common = {"info": info, "licenses": [], "images": [r[0] for r in results]}
-    _write_json(
+    atomic_write_json(
         paths["panoptic_json"],
         dict(common, annotations=[r[1] for r in results], categories=CATEGORIES),
     )
     things = [c for c in CATEGORIES if c["isthing"]]
-    _write_json(paths["instances_json"], dict(common, annotations=instances, categories=things))
+    atomic_write_json(
+        paths["instances_json"], dict(common, annotations=instances, categories=things)
+    )
     separate_semantic_from_panoptic(
         paths["panoptic_json"], paths["panoptic_root"], paths["sem_seg_root"], overwrite=True
     )
@@ -208,7 +204,7 @@ def generate_synthetic_panoptic(
         os.remove(marker)  # the folder is incomplete until the new marker is written
     for split, count in counts.items():
         _generate_split(root, split, int(count), seed, spec, workers, progress)
-    _write_json(marker, recipe)
+    atomic_write_json(marker, recipe)
     return True
 
 

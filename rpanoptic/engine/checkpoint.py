@@ -16,6 +16,8 @@ import pickle
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
+from ..utils import atomic_write
+
 __all__ = ["RPanopticCheckpointer", "UNSAFE_PICKLE_ENV", "load_weights", "safe_pickle_load"]
 
 logger = logging.getLogger(__name__)
@@ -76,19 +78,6 @@ def _corrupt(filename: str, error: Exception) -> RuntimeError:
     )
 
 
-def _atomic_write(path: str, write) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # atomic: readers see the old file or the new one, never a part
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 class RPanopticCheckpointer(DetectionCheckpointer):
     """DetectionCheckpointer that
 
@@ -111,14 +100,14 @@ class RPanopticCheckpointer(DetectionCheckpointer):
         basename = f"{name}.pth"
         path = os.path.join(self.save_dir, basename)
         self.logger.info("Saving checkpoint to %s", path)
-        _atomic_write(path, lambda f: torch.save(data, f))
+        atomic_write(path, lambda f: torch.save(data, f))
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         if not os.path.isdir(self.save_dir):
             return super().tag_last_checkpoint(last_filename_basename)
         path = os.path.join(self.save_dir, "last_checkpoint")
-        _atomic_write(path, lambda f: f.write(last_filename_basename.encode()))
+        atomic_write(path, lambda f: f.write(last_filename_basename.encode()))
 
     def _load_file(self, filename: str):
         if not filename.endswith(".pkl"):

@@ -10,6 +10,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 from scipy import stats
 
+from ..utils import pyplot
+
 __all__ = ["COUNTS", "METRICS", "COSTS", "summarize", "paired_tests", "write_comparison"]
 
 COUNTS = [1, 2, 3, 5, 10, 20, 30]  # inference steps swept for every recurrent model
@@ -85,10 +87,7 @@ def paired_tests(
 
 
 def _plot(results: List[Dict], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for model, runs in _by_model(results).items():

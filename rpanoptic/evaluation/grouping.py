@@ -18,6 +18,7 @@ from detectron2.structures import Boxes, Instances
 from PIL import Image
 
 from ..data.validate import read_panoptic_png
+from ..utils import eval_mode, pyplot
 from .report import _inputs
 
 __all__ = ["draw_instance_masks", "mask_probability_stats", "instance_grouping"]
@@ -90,16 +91,12 @@ def instance_grouping(
     of them. Returns the means over instances of ``own``, ``other`` and ``background`` (see
     :func:`mask_probability_stats`), ``separation`` = own - other, and ``instances``."""
     contiguous = MetadataCatalog.get(dataset_name).thing_classes.index(category)
-    was_training = model.training
-    model.eval()
     rows = []
-    try:
+    with eval_mode(model):
         for record in DatasetCatalog.get(dataset_name)[:max_images]:
             found = _box_probabilities(model, cfg, record, contiguous)
             if found is not None:
                 rows += mask_probability_stats(found[3], found[1], found[2])
-    finally:
-        model.train(was_training)
     if not rows:
         return {"instances": 0}
     own = float(np.mean([r["own"] for r in rows]))
@@ -121,13 +118,9 @@ def draw_instance_masks(
     :func:`instance_grouping`, the image in the instance's box, its ground truth (own pixels
     white, the other same-category instances' red) and the mask head's probability from that
     box. Writes ``path`` (PNG); returns the number of instances drawn."""
-    from .report import _pyplot
-
     contiguous = MetadataCatalog.get(dataset_name).thing_classes.index(category)
-    was_training = model.training
-    model.eval()
     panels = []
-    try:
+    with eval_mode(model):
         for record in DatasetCatalog.get(dataset_name):
             found = _box_probabilities(model, cfg, record, contiguous)
             if found is None:
@@ -143,12 +136,10 @@ def draw_instance_masks(
                 panels.append((image[crop], truth[crop], prob[crop]))
             if len(panels) >= num:
                 break
-    finally:
-        model.train(was_training)
     panels = panels[:num]
     if not panels:
         return 0
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(len(panels), 3, figsize=(7.5, 2.5 * len(panels)), squeeze=False)
     titles = ("image in the box", "truth (white: own, red: others)", "mask-head probability")
     for row, panel in zip(axes, panels):

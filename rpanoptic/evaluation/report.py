@@ -13,6 +13,7 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
+from ..utils import eval_mode, pyplot
 from .sweep import sweep_mode
 
 __all__ = [
@@ -26,15 +27,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def read_metrics(metrics_json: str) -> List[dict]:
@@ -71,7 +63,7 @@ def plot_recurrent_diagnostics(
     groups = sorted({k.split("/")[1] for k in keys if k.startswith("params/")})
     if not layers and not groups:
         return []
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 4, figsize=(18, 4))
     for ax, (metric, title, log) in zip(axes, _RECURRENT_PANELS):
         for layer in layers:
@@ -105,7 +97,7 @@ def plot_training_curves(metrics_json: str, out_png: str) -> List[str]:
     iteration (log scale); returns the plotted keys."""
     records = [r for r in read_metrics(metrics_json) if "total_loss" in r]
     keys = sorted({k for r in records for k in r if k.startswith("loss_")}) + ["total_loss"]
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for key in keys:
         pts = [(r["iteration"], r[key]) for r in records if key in r and r[key] > 0]
@@ -131,12 +123,8 @@ def _inputs(cfg, record: dict) -> dict:
 @torch.no_grad()
 def predict(model, cfg, record: dict) -> dict:
     """Run ``model`` (eval mode) on the image of a dataset record; returns its output dict."""
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         return model([_inputs(cfg, record)])[0]
-    finally:
-        model.train(was_training)
 
 
 def _rgb(record: dict) -> np.ndarray:
@@ -167,7 +155,7 @@ def draw_predictions(model, cfg, dataset: str, out_dir: str, num: int = 4) -> Li
     (a standard panoptic dataset, with ``pan_seg_file_name``; predictions are drawn with the
     metadata of ``dataset + "_separated"`` when it exists); returns the PNG paths."""
     metadata, pred_metadata = MetadataCatalog.get(dataset), _prediction_metadata(dataset)
-    plt = _pyplot()
+    plt = pyplot()
     paths = []
     for record in DatasetCatalog.get(dataset)[:num]:
         image = _rgb(record)
@@ -193,17 +181,13 @@ def draw_unfolding(model, cfg, record: dict, counts: Sequence[int], out_png: str
     metadata = _prediction_metadata(dataset)
     image = _rgb(record)
     inputs = [_inputs(cfg, record)]
-    was_training = model.training
-    model.eval()
     pictures = {}
-    try:
+    with eval_mode(model):
         with sweep_mode(model, counts) as set_count:
             for t in counts:
                 set_count(t)
                 pictures[t] = _draw(image, metadata, output=model(inputs)[0])
-    finally:
-        model.train(was_training)
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(counts), figsize=(2.6 * len(counts), 2.9), squeeze=False)
     trained = cfg.MODEL.RECURRENT.TIMESTEPS
     for ax, t in zip(axes[0], counts):

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from ..modeling.rfpn import RFPN
 from ..recurrence import Recurrence
+from ..utils import eval_mode, pyplot
 from .panoptic import PanopticEvaluator
 
 __all__ = ["sweep_mode", "timestep_sweep", "run_sweep", "write_sweep", "parse_counts"]
@@ -77,9 +78,7 @@ def run_sweep(model, data_loader, counts: Sequence[int], evaluators: Dict[int, D
     """
     for evaluator in evaluators.values():
         evaluator.reset()
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         with sweep_mode(model, counts) as set_count:
             for inputs in tqdm(
                 data_loader, desc="timestep sweep", disable=not comm.is_main_process()
@@ -87,18 +86,13 @@ def run_sweep(model, data_loader, counts: Sequence[int], evaluators: Dict[int, D
                 for t in counts:
                     set_count(t)
                     evaluators[t].process(inputs, model(inputs))
-    finally:
-        model.train(was_training)
     return {t: evaluators[t].evaluate() for t in counts}
 
 
 def write_sweep(results: Dict[int, dict], output_dir: str, trained_timesteps: int = 0) -> str:
     """Write ``timestep_sweep.csv`` (PQ, SQ, RQ for all, things and stuff, and PQ per category
     when the evaluator reported it) and ``timestep_sweep.png``; returns the CSV path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     os.makedirs(output_dir, exist_ok=True)
     rows = []

@@ -14,7 +14,7 @@ import os
 from typing import Dict, List, Sequence
 
 from ..engine.trainer import Trainer
-from ..evaluation.report import _pyplot
+from ..utils import pyplot
 from .demo import demo_config
 
 __all__ = ["train_modes", "write_contraction"]
@@ -69,7 +69,7 @@ def write_contraction(rows: List[Dict], csv_path: str, png_path: str, title: str
         writer.writerows(rows)
     modes = list(dict.fromkeys(r["mode"] for r in rows))
     layers = sorted({r["layer"] for r in rows})
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(
         len(PANELS), len(modes), figsize=(5 * len(modes), 3 * len(PANELS)), squeeze=False
     )

@@ -10,7 +10,6 @@ starts."""
 import argparse
 import json
 import os
-import resource
 import statistics
 import sys
 import time
@@ -27,6 +26,7 @@ from ..evaluation.comparison import COUNTS, METRICS
 from ..evaluation.grouping import instance_grouping
 from ..evaluation.report import read_metrics
 from ..modeling.build import has_recurrence
+from ..utils import atomic_write_json, peak_rss_mb
 from .compare import describe
 from .demo import demo_config, train_and_evaluate
 
@@ -36,7 +36,7 @@ __all__ = ["logged_diagnostics", "run_one"]
 def _peak_memory_mb(device: str) -> float:
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return peak_rss_mb()
 
 
 def _step_seconds(metrics_json: str, fallback: float) -> float:
@@ -70,14 +70,6 @@ def _inference_seconds(cfg, model, images: int = 20) -> float:
 def _per_class(panoptic: Dict) -> Dict[str, float]:
     """The per-category PQ of a ``panoptic_seg`` result (``PQ/<category>``)."""
     return {k: v for k, v in panoptic.items() if k.startswith("PQ/")}
-
-
-def _write_json(path: str, data: Dict) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
 
 
 def run_one(
@@ -143,7 +135,7 @@ def run_one(
     if grouping_category:
         standard = standard_dataset(cfg.DATASETS.TEST[0])
         result["grouping"] = instance_grouping(model, cfg, standard, grouping_category)
-    _write_json(result_path, result)
+    atomic_write_json(result_path, result, indent=2)
     return result
 
 
