@@ -1,4 +1,5 @@
-"""A fast smoke test of tools/demo_recurrence.py: tiny settings, both modes, all outputs."""
+"""The curve-tracing toy demo: its data (rpanoptic.experiments.curve_tracing) and the script
+tools/demo_recurrence.py end to end with tiny settings, both modes, all outputs."""
 
 import csv
 import importlib.util
@@ -6,6 +7,8 @@ import os
 
 import numpy as np
 import pytest
+
+from rpanoptic.experiments.curve_tracing import make_curves
 
 TOOL = os.path.join(os.path.dirname(__file__), os.pardir, "tools", "demo_recurrence.py")
 
@@ -18,8 +21,8 @@ def demo():
     return module
 
 
-def test_curves_stay_inside_and_apart(demo):
-    x, y, m = demo.make_curves(20, 20, np.random.default_rng(0), curves=(2, 3))
+def test_curves_stay_inside_and_apart():
+    x, y, m = make_curves(20, 20, np.random.default_rng(0), curves=(2, 3))
     assert x.shape == (20, 2, 20, 20) and y.shape == m.shape == (20, 20, 20)
     assert (m[:, 0].sum() + m[:, -1].sum() + m[:, :, 0].sum() + m[:, :, -1].sum()) == 0
     assert ((y > 0) <= (m > 0)).all() and (y.sum((1, 2)) < m.sum((1, 2))).all()
