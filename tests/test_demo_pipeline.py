@@ -3,7 +3,7 @@
 import os
 
 from _detectron import ROOT, TINY
-from test_data_panoptic import dataset_kwargs, make_dataset, unique_name
+from _panoptic_data import dataset_kwargs, make_dataset, unique_name
 
 from rpanoptic.data import register_panoptic_dataset
 from rpanoptic.engine.setup import get_rpanoptic_cfg

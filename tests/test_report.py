@@ -5,8 +5,8 @@ import os
 
 import pytest
 from _detectron import tiny_cfg
+from _panoptic_data import dataset_kwargs, make_dataset, unique_name
 from detectron2.data import DatasetCatalog
-from test_data_panoptic import dataset_kwargs, make_dataset, unique_name
 
 from rpanoptic.data import register_panoptic_dataset
 from rpanoptic.evaluation.report import (

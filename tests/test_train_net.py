@@ -8,7 +8,7 @@ import os
 
 import pytest
 from _detectron import ROOT, TINY
-from test_data_panoptic import dataset_kwargs, make_dataset, unique_name
+from _panoptic_data import dataset_kwargs, make_dataset, unique_name
 
 from rpanoptic.data import register_panoptic_dataset
 

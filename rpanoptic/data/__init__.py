@@ -1,15 +1,9 @@
 """Datasets: registration of COCO-panoptic-format datasets, their checks and stuff PNGs."""
 
-from .panoptic import (
-    load_panoptic_json,
-    load_panoptic_separated,
-    panoptic_metadata,
-    panoptic_to_semantic,
-    register_panoptic_dataset,
-    separate_semantic_from_panoptic,
-    standard_dataset,
-    stuff_id_map,
-)
+from .loaders import load_panoptic_json, load_panoptic_separated
+from .metadata import panoptic_metadata, stuff_id_map
+from .panoptic import register_panoptic_dataset, standard_dataset
+from .stuff_png import panoptic_to_semantic, separate_semantic_from_panoptic
 from .synthetic import (
     ensure_synthetic_dataset,
     generate_synthetic_panoptic,

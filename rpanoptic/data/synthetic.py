@@ -27,7 +27,8 @@ from PIL import Image
 from pycocotools import mask as mask_util
 
 from ..utils import atomic_write_json
-from .panoptic import _REGISTERED, register_panoptic_dataset, separate_semantic_from_panoptic
+from .panoptic import forget_registration, register_panoptic_dataset
+from .stuff_png import separate_semantic_from_panoptic
 from .synthetic_scene import CATEGORIES, SceneSpec, make_scene
 from .validate import validate_panoptic_dataset
 
@@ -281,7 +282,7 @@ def register_synthetic_panoptic(
             if registered in DatasetCatalog.list():
                 DatasetCatalog.remove(registered)
                 MetadataCatalog.remove(registered)
-        _REGISTERED.pop(name, None)
+        forget_registration(name)
         num_classes = register_panoptic_dataset(
             name,
             **synthetic_paths(root, split),
