@@ -43,10 +43,10 @@ def test_default_config_reproduces_the_authors_penalty_on_the_mask_head():
     model = build_model(cfg).train()
     hook = _attach(LCPHook(cfg), model)
     (layer,) = recurrent_layers(model).values()
-    layer.keep_state = True
-    loss = model(fake_batch())["loss_lcp"]
+    with layer.recording() as record:
+        loss = model(fake_batch())["loss_lcp"]
 
-    cell, x = layer.cell, layer.last_input
+    cell, x = layer.cell, record.input
     with torch.no_grad():
         h = torch.zeros_like(x)
         for _ in range(cfg.MODEL.RECURRENT.TIMESTEPS - 1):

@@ -1,5 +1,6 @@
 """Detectron2 integration: registration, configs, checkpoints, the LCP hook, sweep, errors."""
 
+import contextlib
 import logging
 
 import pytest
@@ -10,9 +11,8 @@ from detectron2.modeling import BACKBONE_REGISTRY, ROI_MASK_HEAD_REGISTRY
 
 import rpanoptic
 from rpanoptic.engine import LCPHook
-from rpanoptic.evaluation import sweep_mode
 from rpanoptic.modeling import build_model, recurrent_layers
-from rpanoptic.recurrence import HGRUCell, Recurrence
+from rpanoptic.recurrence import HGRUCell, Recurrence, sweep
 
 
 @pytest.fixture(autouse=True)
@@ -50,10 +50,11 @@ def test_config_trains_one_step_and_infers(config):
     layers = recurrent_layers(model)
     assert bool(layers) == ("rfpn" in config or "rmask" in config)
     model.train()
-    for layer in layers.values():
-        layer.lcp_collected = True
-    batch = fake_batch()
-    losses = model(batch)
+    with contextlib.ExitStack() as collecting:
+        for layer in layers.values():
+            collecting.enter_context(layer.using(lcp_collected=True))
+        batch = fake_batch()
+        losses = model(batch)
     if any(layer.constrained for layer in layers.values()):
         losses["loss_lcp"] = sum(layer.lcp for layer in layers.values())
     assert all(torch.isfinite(v) for v in losses.values()), losses
@@ -222,16 +223,16 @@ def test_sweep_equals_separate_runs():
         for level in getattr(model.backbone, "rfpn", {}).values():
             torch.nn.init.constant_(level.scale, 0.5)
         batch = fake_batch(1)
-        with torch.no_grad(), sweep_mode(model, counts) as set_count:
+        with torch.no_grad(), sweep(model, counts) as set_count:
             swept = {}
             for t in counts:
                 set_count(t)
                 swept[t] = model(batch)[0]
         layers = recurrent_layers(model)
         for t in counts:
-            for layer in layers.values():
-                layer.test_timesteps = t
-            with torch.no_grad():
+            with contextlib.ExitStack() as steps, torch.no_grad():
+                for layer in layers.values():
+                    steps.enter_context(layer.using(test_timesteps=t))
                 alone = model(batch)[0]
             assert torch.equal(swept[t]["panoptic_seg"][0], alone["panoptic_seg"][0]), (config, t)
             assert torch.equal(swept[t]["sem_seg"], alone["sem_seg"])
@@ -245,7 +246,7 @@ def test_sweep_runs_each_recurrence_once_per_input():
     calls = []
     for level in model.backbone.rfpn.values():
         level.recurrence.cell.register_forward_hook(lambda *a: calls.append(1))
-    with torch.no_grad(), sweep_mode(model, [2, 5]) as set_count:
+    with torch.no_grad(), sweep(model, [2, 5]) as set_count:
         for t in (2, 5):
             set_count(t)
             model(fake_batch(1))

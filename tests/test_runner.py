@@ -4,7 +4,7 @@ import pytest
 import torch
 from _cells import LinearCell, drive, small_hgru
 
-from rpanoptic.recurrence import GRAD_MODES, HGRUCell, Recurrence
+from rpanoptic.recurrence import GRAD_MODES, HGRUCell, Recurrence, sweep
 from rpanoptic.recurrence.memory import HostSyncCounter
 
 
@@ -77,21 +77,23 @@ def test_halting_freezes_a_stopped_sample():
 def test_diagnostics_are_tensors_on_the_state():
     cell = small_hgru(norm="GN")
     rec = Recurrence(cell, 40, grad="crbp", neumann_steps=5).train()
-    rec.keep_state = True
     x = drive()
-    rec(x).sum().backward()
-    d = rec.diagnostics(power_iters=10)
+    with rec.recording() as record:
+        rec(x).sum().backward()
+        d = rec.diagnostics(power_iters=10)
+        assert torch.equal(record.input, x.detach()) and record.state.shape == x.shape
+    assert rec._record is None  # dropped on exit
     assert set(d) == {"residual", "spectral_radius", "neumann_fallbacks", "neumann_terms", "steps"}
     assert all(isinstance(v, torch.Tensor) for v in d.values())
     assert d["residual"].shape == (2,) and torch.all(d["residual"] < 1e-3)
     assert torch.all(d["spectral_radius"] < 1)
     assert d["neumann_fallbacks"].item() == 0 and d["neumann_terms"].item() == 5
     rec.reset_neumann_stats()
-    assert rec.diagnostics()["neumann_terms"].item() == 0
+    assert rec.diagnostics(record.input, record.state)["neumann_terms"].item() == 0
 
 
 def test_diagnostics_without_state_says_what_to_do():
-    with pytest.raises(ValueError, match="keep_state"):
+    with pytest.raises(ValueError, match="recording"):
         Recurrence(LinearCell(0.5), 2).diagnostics()
 
 
@@ -165,20 +167,22 @@ def test_sweep_mode_runs_once_and_matches_separate_runs():
     x = drive(requires_grad=False)
     calls = []
     handle = cell.register_forward_hook(lambda *a: calls.append(1))
-    rec.set_sweep([2, 5, 9])
     swept = {}
-    for t in (2, 5, 9):
-        rec.sweep_count = t
-        swept[t] = rec(x)
-        assert rec.steps.tolist() == [t, t]
+    with sweep(rec, [2, 5, 9]) as set_count:
+        for t in (2, 5, 9):
+            set_count(t)
+            swept[t] = rec(x)
+            assert rec.steps.tolist() == [t, t]
+        with pytest.raises(ValueError, match="count 4 is not one of"):
+            set_count(4)
     assert len(calls) == 9
-    rec.set_sweep(None)
     handle.remove()
     for t, h in swept.items():
-        rec.test_timesteps = t
-        assert torch.equal(rec(x), h)
+        with rec.using(test_timesteps=t):
+            assert torch.equal(rec(x), h)
     with pytest.raises(ValueError, match="counts must be integers >= 1"):
-        rec.set_sweep([0, 2])
+        with sweep(rec, [0, 2]):
+            pass
 
 
 def test_sweep_mode_with_halting_repeats_the_halted_state():
@@ -186,19 +190,36 @@ def test_sweep_mode_with_halting_repeats_the_halted_state():
     x = drive(requires_grad=False)
     x[1] = 0.0
     rec = Recurrence(cell, 1, halt_tol=1e-3).eval()
-    rec.set_sweep([1, 50])
-    rec.sweep_count = 50
-    h50 = rec(x)
-    rec.set_sweep(None)
-    rec.test_timesteps = 50
-    assert torch.equal(rec(x), h50)
+    with sweep(rec, [1, 50]):  # the largest count is selected on entry
+        h50 = rec(x)
+    with rec.using(test_timesteps=50):
+        assert torch.equal(rec(x), h50)
+
+
+def test_using_changes_settings_for_the_block_only():
+    rec = Recurrence(LinearCell(0.5), 4, grad="crbp", test_timesteps=2).eval()
+    x = drive(requires_grad=False)
+    with rec.using(grad="bptt", test_timesteps=7, lcp_collected=True):
+        assert (rec.grad, rec.test_timesteps, rec.lcp_collected) == ("bptt", 7, True)
+        rec(x)
+        assert rec.steps.tolist() == [7, 7]
+    assert (rec.grad, rec.test_timesteps, rec.lcp_collected) == ("crbp", 2, False)
+    with pytest.raises(RuntimeError):
+        with rec.using(test_timesteps=3):
+            raise RuntimeError
+    assert rec.test_timesteps == 2  # restored on error too
+    with pytest.raises(ValueError, match="grad='tbptt'"):
+        with rec.using(grad="tbptt"):
+            pass
+    with pytest.raises(ValueError, match="test_timesteps=-1"):
+        with rec.using(test_timesteps=-1):
+            pass
 
 
 @pytest.mark.parametrize("grad", GRAD_MODES)
 def test_non_finite_state_names_layer_and_step(grad):
     cell = LinearCell(1e30)
-    rec = Recurrence(cell, 6, grad=grad, check_finite=True).train()
-    rec.name = "backbone.rfpn.p3.recurrence"
+    rec = Recurrence(cell, 6, grad=grad, name="backbone.rfpn.p3.recurrence").train()
     x = drive(dtype=torch.float64)
     # h_1 = x ~ 1e300 is finite, h_2 = 1e30 h_1 + x overflows float64 (max ~1.8e308).
     with torch.no_grad():

@@ -18,6 +18,7 @@ comparison). Prints a table and the goal ratios; writes results.csv, targets.csv
 memory_vs_steps.png to --output-dir.
 """
 import argparse
+import contextlib
 import operator
 import os
 import statistics
@@ -103,8 +104,9 @@ def measure(label, config_file, opts, args):
     device = torch.device(cfg.MODEL.DEVICE)
     model = build_model(cfg).to(device)
     layers = list(recurrent_layers(model).values())
+    collecting = contextlib.ExitStack()  # the step below adds the penalty itself, as LCPHook
     for layer in layers:
-        layer.lcp_collected = True  # the step below adds the penalty itself, as LCPHook does
+        collecting.enter_context(layer.using(lcp_collected=True))
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
     heads = cfg.MODEL.ROI_HEADS.NUM_CLASSES, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
     batch = synthetic_batch(args.batch, args.image_size, *heads, device)

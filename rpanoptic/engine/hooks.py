@@ -1,6 +1,7 @@
 """Training hooks: LCPHook adds the Lipschitz coefficient penalty to the loss and logs recurrence
 diagnostics; ParameterStatsHook logs how far each group of parameters moves."""
 
+import contextlib
 import logging
 from typing import Dict, Optional
 
@@ -9,7 +10,7 @@ from detectron2.engine import HookBase
 
 from ..evaluation.gradients import norm_of
 from ..modeling.recurrence import parameter_groups, recurrent_layers
-from ..recurrence import Recurrence
+from ..recurrence import Recurrence, StateRecord
 
 __all__ = ["LCPHook", "ParameterStatsHook"]
 
@@ -50,6 +51,9 @@ class LCPHook(HookBase):
         self.layers: Dict[str, Recurrence] = {}
         self._handles = []
         self._checked = False
+        self._collecting = contextlib.ExitStack()  # each layer's using(lcp_collected=True)
+        self._recording = contextlib.ExitStack()  # each layer's recording() during a due step
+        self._records: Dict[str, StateRecord] = {}
 
     def before_train(self):
         model = self.trainer.model
@@ -59,7 +63,7 @@ class LCPHook(HookBase):
             logger.warning("LCPHook: the model has no recurrent layer; loss_lcp is not added.")
             return
         for layer in self.layers.values():
-            layer.lcp_collected = True
+            self._collecting.enter_context(layer.using(lcp_collected=True))
         self._handles = [
             inner.register_forward_pre_hook(self._clear_penalties),
             inner.register_forward_hook(self._add_penalty),
@@ -69,8 +73,8 @@ class LCPHook(HookBase):
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        for layer in self.layers.values():
-            layer.lcp_collected = False
+        self._collecting.close()
+        self._recording.close()
 
     def _clear_penalties(self, module, inputs):
         for layer in self.layers.values():  # a layer not run in this forward must add nothing
@@ -98,27 +102,29 @@ class LCPHook(HookBase):
         return self.period > 0 and (iteration + 1) % self.period == 0
 
     def before_step(self):
-        keep = self._due(self.trainer.iter)
-        for layer in self.layers.values():
-            layer.keep_state = keep
+        if self._due(self.trainer.iter):
+            self._records = {
+                name: self._recording.enter_context(layer.recording())
+                for name, layer in self.layers.items()
+            }
 
     def after_step(self):
         if not self._due(self.trainer.iter):
             return
         storage = self.trainer.storage
         for name, layer in self.layers.items():
-            scalars = self._diagnostics(layer)
+            scalars = self._diagnostics(layer, self._records.get(name))
             for metric, value in scalars.items():
                 storage.put_scalar(f"recurrent/{name}/{metric}", value, smoothing_hint=False)
-            layer.keep_state = False
-            layer.last_input = layer.last_state = None
             layer.reset_neumann_stats()
+        self._recording.close()  # the recorded states are dropped
+        self._records = {}
 
-    def _diagnostics(self, layer: Recurrence) -> Dict[str, float]:
-        if layer.last_state is None or layer.last_state.shape[0] == 0:
+    def _diagnostics(self, layer: Recurrence, record: Optional[StateRecord]) -> Dict[str, float]:
+        if record is None or record.state is None or record.state.shape[0] == 0:
             return {}
         n = self.max_samples
-        d = layer.diagnostics(layer.last_input[:n], layer.last_state[:n], self.power_iters)
+        d = layer.diagnostics(record.input[:n], record.state[:n], self.power_iters)
         out = {
             "residual": d["residual"].mean(),
             "spectral_radius": d["spectral_radius"].max(),

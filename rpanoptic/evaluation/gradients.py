@@ -6,6 +6,7 @@ Everything random in a training forward (RPN and RoI sampling) is re-seeded befo
 so the modes differ only in how they differentiate the recurrence.
 """
 
+import contextlib
 from typing import Dict, List, Sequence
 
 import torch
@@ -23,28 +24,26 @@ def gradients_by_mode(
     learning mode in ``modes`` ("bptt", "cbptt", "rbp", "crbp"), with the same weights and
     batch. Each recurrent layer's mode is restored at the end."""
     layers = recurrent_layers(model)
-    original = {name: (layer.grad, layer.lcp_collected) for name, layer in layers.items()}
     out = {}
     try:
         for mode in modes:
-            for layer in layers.values():
-                layer.grad, layer.lcp_collected = mode, True  # the penalty is added here
-            model.zero_grad(set_to_none=True)
-            torch.manual_seed(seed)
-            losses = model(batch)
-            loss = sum(losses.values())
-            penalties = [layer.lcp for layer in layers.values() if layer.lcp is not None]
-            if penalties and lcp_weight:
-                loss = loss + lcp_weight * torch.stack(penalties).sum()
-            loss.backward()
+            with contextlib.ExitStack() as stack:
+                for layer in layers.values():  # the penalty is added here
+                    stack.enter_context(layer.using(grad=mode, lcp_collected=True))
+                model.zero_grad(set_to_none=True)
+                torch.manual_seed(seed)
+                losses = model(batch)
+                loss = sum(losses.values())
+                penalties = [layer.lcp for layer in layers.values() if layer.lcp is not None]
+                if penalties and lcp_weight:
+                    loss = loss + lcp_weight * torch.stack(penalties).sum()
+                loss.backward()
             out[mode] = {
                 n: p.grad.detach().clone()
                 for n, p in model.named_parameters()
                 if p.grad is not None
             }
     finally:
-        for name, layer in layers.items():
-            layer.grad, layer.lcp_collected = original[name]
         model.zero_grad(set_to_none=True)
     return out
 

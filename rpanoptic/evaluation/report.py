@@ -13,8 +13,8 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
+from ..recurrence import sweep
 from ..utils import eval_mode, pyplot
-from .sweep import sweep_mode
 
 __all__ = [
     "plot_training_curves",
@@ -183,7 +183,7 @@ def draw_unfolding(model, cfg, record: dict, counts: Sequence[int], out_png: str
     inputs = [_inputs(cfg, record)]
     pictures = {}
     with eval_mode(model):
-        with sweep_mode(model, counts) as set_count:
+        with sweep(model, counts) as set_count:
             for t in counts:
                 set_count(t)
                 pictures[t] = _draw(image, metadata, output=model(inputs)[0])

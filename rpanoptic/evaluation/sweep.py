@@ -1,30 +1,27 @@
 """Timestep sweep: PQ of one trained model at several inference step counts, in one data pass.
 
 For each batch the model is run once per requested count with every recurrence in sweep mode
-(``Recurrence.set_sweep``): a recurrence iterates once to the largest count for its input and
+(``rpanoptic.recurrence.sweep``): a recurrence iterates once to the largest count for its input and
 answers each count from the states it kept, and the RFPN reuses its feed-forward features, so
 only the read-out (the heads) is repeated per count. A C-RBP model should keep its PQ as t
 grows past the N it was trained with, where a BPTT model degrades.
 """
 
-import contextlib
 import csv
 import logging
 import os
 from typing import Dict, List, Sequence
 
-import torch
 from detectron2.data import build_detection_test_loader
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 from tqdm import tqdm
 
-from ..modeling.rfpn import RFPN
-from ..recurrence import Recurrence
+from ..recurrence import sweep
 from ..utils import eval_mode, pyplot
 from .panoptic import PanopticEvaluator
 
-__all__ = ["sweep_mode", "timestep_sweep", "run_sweep", "write_sweep", "parse_counts"]
+__all__ = ["timestep_sweep", "run_sweep", "write_sweep", "parse_counts"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,33 +41,6 @@ def parse_counts(text: str) -> List[int]:
     return counts
 
 
-@contextlib.contextmanager
-def sweep_mode(model: torch.nn.Module, counts: Sequence[int]):
-    """Put every recurrence of ``model`` in sweep mode; yields ``set_count(t)``."""
-    model = getattr(model, "module", model)
-    layers = [m for m in model.modules() if isinstance(m, Recurrence)]
-    backbones = [m for m in model.modules() if isinstance(m, RFPN)]
-    if not layers:
-        raise ValueError("timestep sweep: the model has no recurrent layer to sweep.")
-    for layer in layers:
-        layer.set_sweep(counts)
-    for backbone in backbones:
-        backbone.sweep_cache = {}
-
-    def set_count(t: int) -> None:
-        for layer in layers:
-            layer.sweep_count = t
-
-    try:
-        yield set_count
-    finally:
-        for layer in layers:
-            layer.set_sweep(None)
-        for backbone in backbones:
-            backbone.sweep_cache = None
-
-
-@torch.no_grad()
 def run_sweep(model, data_loader, counts: Sequence[int], evaluators: Dict[int, DatasetEvaluator]):
     """Feed every batch once, reading predictions at each count into ``evaluators[count]``.
 
@@ -79,7 +49,7 @@ def run_sweep(model, data_loader, counts: Sequence[int], evaluators: Dict[int, D
     for evaluator in evaluators.values():
         evaluator.reset()
     with eval_mode(model):
-        with sweep_mode(model, counts) as set_count:
+        with sweep(model, counts) as set_count:
             for inputs in tqdm(
                 data_loader, desc="timestep sweep", disable=not comm.is_main_process()
             ):

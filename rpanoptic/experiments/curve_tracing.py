@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from ..recurrence import HGRUCell, Recurrence
+from ..recurrence import HGRUCell, Recurrence, sweep
 
 
 def random_curve(size, length, rng, turn=0.25):
@@ -180,16 +180,12 @@ def evaluate(model, data, steps, chunk=100):
     model.eval()
     x, y, m = data
     scores = {t: [] for t in steps}
-    rec = model.recurrence
-    rec.set_sweep(steps)
-    try:
+    with sweep(model, steps) as set_count:
         for i in range(0, len(x), chunk):
             xb, yb, mb = x[i : i + chunk], y[i : i + chunk] > 0, m[i : i + chunk] > 0
             for t in steps:
-                rec.sweep_count = t
+                set_count(t)
                 scores[t].append(masked_iou(model(xb) > 0, yb, mb))
-    finally:
-        rec.set_sweep(None)
     return {t: torch.cat(v).mean().item() for t, v in scores.items()}
 
 
@@ -198,13 +194,10 @@ def dynamics(model, x, t, power_iters=20):
     (power iteration), averaged over the images x. Below 1: locally contractive at h_t."""
     model.eval()
     rec = model.recurrence
-    rec.test_timesteps, rec.keep_state = t, True
-    try:
+    with rec.using(test_timesteps=t), rec.recording():
         with torch.no_grad():
             model(x)
         diag = rec.diagnostics(power_iters=power_iters)
-    finally:
-        rec.keep_state, rec.last_input, rec.last_state = False, None, None
     return diag["residual"].mean().item(), diag["spectral_radius"].mean().item()
 
 
@@ -212,9 +205,5 @@ def dynamics(model, x, t, power_iters=20):
 def predict(model, x, t):
     """Probabilities (B, H, W) after t inference steps."""
     model.eval()
-    model.recurrence.test_timesteps = t
-    return torch.sigmoid(model(x))
-
-
-# ----------------------------------------------------------------------------------------------
-# Pictures
+    with model.recurrence.using(test_timesteps=t):
+        return torch.sigmoid(model(x))

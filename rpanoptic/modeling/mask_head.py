@@ -67,7 +67,7 @@ class RecurrentMaskRCNNConvUpsampleHead(BaseMaskRCNNHead):
             input_shape=input_shape,
             conv_dim=conv_dim,
             conv_norm=cfg.MODEL.ROI_MASK_HEAD.NORM,
-            recurrence=build_recurrence(cfg, conv_dim),
+            recurrence=build_recurrence(cfg, conv_dim, "roi_heads.mask_head.recurrence"),
             num_classes=(
                 1 if cfg.MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK else cfg.MODEL.ROI_HEADS.NUM_CLASSES
             ),

@@ -86,8 +86,9 @@ def validate_recurrent_config(cfg) -> None:
         )
 
 
-def build_recurrence(cfg, channels: int) -> Recurrence:
-    """A :class:`Recurrence` of an :class:`HGRUCell` with ``channels``, as MODEL.RECURRENT and
+def build_recurrence(cfg, channels: int, name: str = "recurrence") -> Recurrence:
+    """A :class:`Recurrence` (named ``name``, its module path in the model) of an
+    :class:`HGRUCell` with ``channels``, as MODEL.RECURRENT and
     MODEL.HGRU say. Reads: MODEL.RECURRENT.{GRAD, TIMESTEPS, TEST_TIMESTEPS, NEUMANN_STEPS,
     NEUMANN_RTOL, LCP_TAU, LCP_REDUCTION, HALT_TOL, CHECK_FINITE},
     MODEL.HGRU.{KERNEL_SIZE, NORM, GN_GROUPS, NONLINEARITY}."""
@@ -117,19 +118,14 @@ def build_recurrence(cfg, channels: int) -> Recurrence:
         neumann_rtol=r.NEUMANN_RTOL,
         check_finite=r.CHECK_FINITE,
         lcp_reduction=r.LCP_REDUCTION,
+        name=name,
     )
 
 
 def recurrent_layers(model: nn.Module) -> Dict[str, Recurrence]:
-    """Every :class:`Recurrence` in ``model`` (unwrapping DDP), by module path.
-
-    Also sets each one's ``name`` to its path, used in logs and error messages.
-    """
+    """Every :class:`Recurrence` in ``model`` (unwrapping DDP), by module path."""
     model = getattr(model, "module", model)
-    layers = {n: m for n, m in model.named_modules() if isinstance(m, Recurrence)}
-    for name, layer in layers.items():
-        layer.name = name
-    return layers
+    return {n: m for n, m in model.named_modules() if isinstance(m, Recurrence)}
 
 
 PARAMETER_GROUPS = ("recurrent", "rfpn_scale", "backbone", "fpn", "heads")

@@ -80,7 +80,16 @@ class RFPN(FPN):
         self.rfpn = nn.ModuleDict(
             {lvl: RecurrentLevel(rec, out_channels, scale_init) for lvl, rec in recurrences.items()}
         )
-        self.sweep_cache: Optional[dict] = None
+        self._sweep_cache: Optional[dict] = None
+
+    def sweep_begin(self) -> None:
+        """Sweep protocol (``rpanoptic.recurrence.sweep``): from now on an image run again is
+        given its cached feed-forward features (only the recurrences see other step counts)."""
+        self._sweep_cache = {}
+
+    def sweep_end(self) -> None:
+        """Sweep protocol: drop the cache."""
+        self._sweep_cache = None
 
     @classmethod
     def from_config(cls, cfg, input_shape: ShapeSpec):
@@ -93,7 +102,8 @@ class RFPN(FPN):
             "top_block": LastLevelMaxPool(),
             "fuse_type": cfg.MODEL.FPN.FUSE_TYPE,
             "recurrences": {
-                lvl: build_recurrence(cfg, out_channels) for lvl in cfg.MODEL.RFPN.LEVELS
+                lvl: build_recurrence(cfg, out_channels, f"backbone.rfpn.{lvl}.recurrence")
+                for lvl in cfg.MODEL.RFPN.LEVELS
             },
             "scale_init": cfg.MODEL.RFPN.SCALE_INIT,
         }
@@ -115,7 +125,7 @@ class RFPN(FPN):
 
     def _feedforward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         # In a timestep sweep the same image is run once per step count: reuse its FPN outputs.
-        cache = self.sweep_cache
+        cache = self._sweep_cache
         if cache is not None and "x" in cache and cache["x"].shape == x.shape:
             if torch.equal(cache["x"], x):
                 return cache["features"]

@@ -1,22 +1,28 @@
 """The recurrence engine: pure PyTorch, no Detectron2 import. Usable by any PyTorch model.
 
 - :class:`HGRUCell` -- one hGRU step ``forward(x, h) -> h_next``.
-- :class:`Recurrence` -- runs a cell for N steps and trains it with bptt, cbptt, rbp or crbp.
+- :class:`Recurrence` -- runs a cell for N steps and trains it with bptt, cbptt, rbp or crbp;
+  steered with ``using()``/``recording()`` (``controls.py``).
+- :func:`sweep` -- several inference step counts in one pass.
 - :func:`neumann_series`, :class:`ImplicitStep` -- recurrent back-propagation.
 - :func:`lcp_penalty` -- the Lipschitz coefficient penalty.
 - :func:`fixed_point_residual`, :func:`spectral_radius` -- convergence diagnostics.
 """
 
+from .controls import StateRecord
 from .diagnostics import fixed_point_residual, spectral_radius
 from .hgru import HGRUCell
 from .lcp import LCP_REDUCTIONS, lcp_from_vjp, lcp_penalty, ones_vjp
 from .rbp import ImplicitStep, ImplicitStepOptions, neumann_series
 from .runner import GRAD_MODES, Recurrence
+from .sweep import sweep
 
 __all__ = [
     "HGRUCell",
     "Recurrence",
     "GRAD_MODES",
+    "StateRecord",
+    "sweep",
     "ImplicitStep",
     "ImplicitStepOptions",
     "neumann_series",

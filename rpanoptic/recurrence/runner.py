@@ -19,13 +19,13 @@ bfloat16 (their errors compound over steps). The output is then float32; the sur
 autocast region casts it where it is used.
 """
 
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from torch import nn
 
 from ._batch import batch_coupled, expand_as, frozen_running_stats, group_norm
-from .diagnostics import fixed_point_residual, spectral_radius
+from .controls import RecurrenceControls
 from .lcp import LCP_REDUCTIONS, lcp_penalty
 from .rbp import ImplicitStep, ImplicitStepOptions
 
@@ -86,7 +86,7 @@ def _check(name: str, value, ok: bool, allowed: str) -> None:
         raise ValueError(f"Recurrence: {name}={value!r} is invalid; allowed: {allowed}.")
 
 
-class Recurrence(nn.Module):
+class Recurrence(RecurrenceControls, nn.Module):
     """Iterate a cell to (near) its fixed point and train it with BPTT, RBP, C-BPTT or C-RBP.
 
     Args:
@@ -103,11 +103,13 @@ class Recurrence(nn.Module):
             sync per forward; on by default).
         lcp_reduction: "sum" (the authors' panoptic code) or "mean" of the penalty over the
             state's elements (see ``lcp.py``).
+        name: how errors and logs name the layer (rpanoptic's models pass its module path).
 
     After a training forward in "cbptt"/"crbp", ``lcp`` holds the penalty (a scalar tensor in the
     graph); otherwise it is None. After any forward, ``steps`` holds the steps taken per sample,
-    a (B,) long tensor. With ``keep_state = True`` the forward keeps its input and final state
-    (detached) for :meth:`diagnostics`.
+    a (B,) long tensor. Other code steers and observes the recurrence only through
+    :meth:`using`, :meth:`recording`, :func:`~.sweep.sweep` and :meth:`diagnostics` (see
+    ``controls.py``); it never assigns the recurrence's attributes.
     """
 
     def __init__(
@@ -122,6 +124,7 @@ class Recurrence(nn.Module):
         neumann_rtol: float = 0.0,
         check_finite: bool = True,
         lcp_reduction: str = "sum",
+        name: str = "recurrence",
     ):
         super().__init__()
         _check("grad", grad, grad in _TRAINING, " | ".join(repr(m) for m in GRAD_MODES))
@@ -168,16 +171,16 @@ class Recurrence(nn.Module):
         self.lcp_tau, self.test_timesteps, self.halt_tol = float(lcp_tau), test_timesteps, halt_tol
         self.neumann_rtol = float(neumann_rtol)
         self.check_finite = bool(check_finite)
-        self.name = "recurrence"  # set to the module path by rpanoptic.modeling.recurrent_layers
-        self.lcp_collected = False  # set by rpanoptic.engine.LCPHook
+        self.name = str(name)
         self.lcp: Optional[torch.Tensor] = None
         self.steps: Optional[torch.Tensor] = None
-        self.keep_state = False
-        self.last_input: Optional[torch.Tensor] = None
-        self.last_state: Optional[torch.Tensor] = None
-        self._neumann_stats: Optional[torch.Tensor] = None
-        self.sweep_count: Optional[int] = None
-        self._sweep: Optional[dict] = None
+
+    def _check_setting(self, key: str, value) -> None:
+        """Validate a setting that :meth:`using` may change."""
+        if key == "grad":
+            _check("grad", value, value in _TRAINING, " | ".join(repr(m) for m in GRAD_MODES))
+        else:
+            _check(key, value, _is_count(value) and value >= 0, "int >= 0 (0 means timesteps)")
 
     @property
     def constrained(self) -> bool:
@@ -213,8 +216,7 @@ class Recurrence(nn.Module):
                 h, self.steps = self._infer(x, start, cacheable=h0 is None)
         if self.check_finite and not torch.isfinite(h).all():
             self._raise_nonfinite(x, start)
-        if self.keep_state:
-            self.last_input, self.last_state = x.detach(), h.detach()
+        self._remember(x, h)
         return h
 
     def _empty(self, x: torch.Tensor) -> torch.Tensor:
@@ -228,7 +230,7 @@ class Recurrence(nn.Module):
 
     def _infer(self, x, h, cacheable: bool) -> Tuple[torch.Tensor, torch.Tensor]:
         limit = self.test_timesteps or self.timesteps
-        if self._sweep is None or self.sweep_count is None:
+        if self._sweep is None:
             h, steps, _ = self._iterate(x, h, limit)
             return h, steps
         # Sweep mode: one run to the largest count per input, answered from the cache.
@@ -237,7 +239,7 @@ class Recurrence(nn.Module):
         if not (cacheable and same):
             _, _, cache["states"] = self._iterate(x, h, max(cache["counts"]), cache["counts"])
             cache["x"] = x if cacheable else None
-        return cache["states"][self.sweep_count]
+        return cache["states"][cache["count"]]
 
     @torch.no_grad()
     def _iterate(self, x, h, limit: int, record=()):
@@ -268,23 +270,6 @@ class Recurrence(nn.Module):
             saved.setdefault(t, (h, steps.clone()))
         return h, steps, saved
 
-    def set_sweep(self, counts: Optional[Sequence[int]]) -> None:
-        """Enter (a list of step counts) or leave (None) sweep mode.
-
-        In sweep mode an inference forward runs the recurrence once to ``max(counts)`` for a
-        given input, keeps the state at every count, and returns the state at
-        ``sweep_count``; calling again with an equal input and another ``sweep_count`` reads
-        the cache instead of iterating again. Used to evaluate several step counts in one pass.
-        """
-        if counts is None:
-            self._sweep, self.sweep_count = None, None
-            return
-        counts = sorted({int(c) for c in counts})
-        if not counts or counts[0] < 1:
-            raise ValueError(f"Recurrence.set_sweep: counts must be integers >= 1, got {counts}.")
-        self._sweep = {"counts": counts, "x": None, "states": None}
-        self.sweep_count = counts[-1]
-
     @torch.no_grad()
     def _raise_nonfinite(self, x: torch.Tensor, h: torch.Tensor) -> None:
         if not torch.isfinite(x).all():
@@ -304,53 +289,6 @@ class Recurrence(nn.Module):
             "rate, raise MODEL.RECURRENT.LCP_WEIGHT or lower LCP_TAU to keep it contractive, or "
             "check the input data for NaN/inf."
         )
-
-    def neumann_stats(self, device: torch.device) -> torch.Tensor:
-        """The running [fallbacks, terms, series] counters of RBP backward passes, on device."""
-        if self._neumann_stats is None or self._neumann_stats.device != torch.device(device):
-            self._neumann_stats = torch.zeros(3, device=device)
-        return self._neumann_stats
-
-    def reset_neumann_stats(self) -> None:
-        """Zero the counters read by :meth:`diagnostics`."""
-        if self._neumann_stats is not None:
-            self._neumann_stats.zero_()
-
-    def diagnostics(
-        self,
-        x: Optional[torch.Tensor] = None,
-        h: Optional[torch.Tensor] = None,
-        power_iters: int = 20,
-    ) -> Dict[str, torch.Tensor]:
-        """Convergence diagnostics, as tensors (no host synchronisation).
-
-        Args:
-            x, h: input and state to analyse; default: those kept by the last forward
-                (set ``keep_state = True`` first).
-            power_iters: vector-Jacobian products of the spectral-radius estimate.
-
-        Returns:
-            ``residual`` and ``spectral_radius`` per sample (see ``diagnostics.py``), and the
-            counters since the last reset: ``neumann_fallbacks`` (series stopped by the
-            safeguard), ``neumann_terms`` (mean terms added per series), ``steps`` (mean steps).
-        """
-        x = self.last_input if x is None else x
-        h = self.last_state if h is None else h
-        if x is None or h is None:
-            raise ValueError(
-                "Recurrence.diagnostics: no state to analyse; pass x and h, or set "
-                "keep_state = True before the forward pass."
-            )
-        out = {
-            "residual": fixed_point_residual(self.cell, x, h),
-            "spectral_radius": spectral_radius(self.cell, x, h, iters=power_iters),
-        }
-        stats = self.neumann_stats(x.device)
-        out["neumann_fallbacks"] = stats[0].clone()
-        out["neumann_terms"] = stats[1] / stats[2].clamp_min(1)
-        if self.steps is not None:
-            out["steps"] = self.steps.float().mean()
-        return out
 
     def extra_repr(self) -> str:
         return (

@@ -1,0 +1,151 @@
+"""How code outside a :class:`~.runner.Recurrence` steers and observes it: documented context
+managers instead of attributes set from outside.
+
+- ``with rec.using(grad=..., test_timesteps=..., lcp_collected=...):`` changes how it runs for
+  the block (learning mode, inference steps, whether the caller adds the penalty to its loss).
+- ``with rec.recording() as record:`` keeps each forward's input and final state in
+  ``record`` (a :class:`StateRecord`), which :meth:`diagnostics` analyses.
+- :func:`~.sweep.sweep` evaluates several inference step counts in one pass (the one sweep
+  mechanism; see ``sweep.py``).
+- :meth:`diagnostics` and the Neumann counters report on the convergence.
+"""
+
+import contextlib
+from dataclasses import dataclass
+from typing import Dict, Iterator, Optional
+
+import torch
+
+from .diagnostics import fixed_point_residual, spectral_radius
+
+__all__ = ["RecurrenceControls", "StateRecord"]
+
+
+@dataclass
+class StateRecord:
+    """The input ``x`` and final state ``h`` of the latest forward inside a
+    :meth:`RecurrenceControls.recording` block (detached; None before the first)."""
+
+    input: Optional[torch.Tensor] = None
+    state: Optional[torch.Tensor] = None
+
+
+class RecurrenceControls:
+    """Context managers, sweep hooks and diagnostics of :class:`~.runner.Recurrence` (a mixin:
+    it uses the recurrence's ``cell``, ``grad``, ``test_timesteps``, ``steps`` and
+    ``_check_setting``)."""
+
+    _lcp_collected: bool = False
+    _record: Optional[StateRecord] = None
+    _sweep: Optional[dict] = None
+    _neumann_stats: Optional[torch.Tensor] = None
+
+    @property
+    def lcp_collected(self) -> bool:
+        """Whether the caller adds ``lcp`` to its loss (set with :meth:`using`)."""
+        return self._lcp_collected
+
+    @contextlib.contextmanager
+    def using(
+        self,
+        *,
+        grad: Optional[str] = None,
+        test_timesteps: Optional[int] = None,
+        lcp_collected: Optional[bool] = None,
+    ) -> Iterator["RecurrenceControls"]:
+        """Run with other settings inside the block; the previous ones come back on exit.
+
+        Args:
+            grad: learning mode ("bptt", "cbptt", "rbp", "crbp").
+            test_timesteps: steps at inference (0: ``timesteps``). This and the constructor
+                argument are the ways to set them (a sweep evaluates several at once).
+            lcp_collected: True when the caller adds ``lcp`` to its loss (as
+                ``rpanoptic.engine.LCPHook`` does); a constrained mode trained without it only
+                gets a warning, since the penalty would be computed and dropped.
+        """
+        if grad is not None:
+            self._check_setting("grad", grad)
+        if test_timesteps is not None:
+            self._check_setting("test_timesteps", test_timesteps)
+        saved = (self.grad, self.test_timesteps, self._lcp_collected)
+        try:
+            self.grad = self.grad if grad is None else grad
+            self.test_timesteps = self.test_timesteps if test_timesteps is None else test_timesteps
+            self._lcp_collected = self._lcp_collected if lcp_collected is None else lcp_collected
+            yield self
+        finally:
+            self.grad, self.test_timesteps, self._lcp_collected = saved
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[StateRecord]:
+        """Keep the input and final state of each forward inside the block (detached) in the
+        yielded :class:`StateRecord`; dropped on exit."""
+        record, previous = StateRecord(), self._record
+        self._record = record
+        try:
+            yield record
+        finally:
+            self._record = previous
+
+    def _remember(self, x: torch.Tensor, h: torch.Tensor) -> None:
+        if self._record is not None:
+            self._record.input, self._record.state = x.detach(), h.detach()
+
+    # Sweep mode, entered and left by sweep.sweep(): an inference forward runs once to the
+    # largest count per input and answers each selected count from the states it kept.
+    def _begin_sweep(self, counts) -> None:
+        self._sweep = {"counts": list(counts), "count": counts[-1], "x": None, "states": None}
+
+    def _select_count(self, count: int) -> None:
+        self._sweep["count"] = count
+
+    def _end_sweep(self) -> None:
+        self._sweep = None
+
+    def neumann_stats(self, device: torch.device) -> torch.Tensor:
+        """The running [fallbacks, terms, series] counters of RBP backward passes, on device."""
+        if self._neumann_stats is None or self._neumann_stats.device != torch.device(device):
+            self._neumann_stats = torch.zeros(3, device=device)
+        return self._neumann_stats
+
+    def reset_neumann_stats(self) -> None:
+        """Zero the counters read by :meth:`diagnostics`."""
+        if self._neumann_stats is not None:
+            self._neumann_stats.zero_()
+
+    def diagnostics(
+        self,
+        x: Optional[torch.Tensor] = None,
+        h: Optional[torch.Tensor] = None,
+        power_iters: int = 20,
+    ) -> Dict[str, torch.Tensor]:
+        """Convergence diagnostics, as tensors (no host synchronisation).
+
+        Args:
+            x, h: input and state to analyse; default: those of the latest forward inside the
+                current :meth:`recording` block.
+            power_iters: vector-Jacobian products of the spectral-radius estimate.
+
+        Returns:
+            ``residual`` and ``spectral_radius`` per sample (see ``diagnostics.py``), and the
+            counters since the last reset: ``neumann_fallbacks`` (series stopped by the
+            safeguard), ``neumann_terms`` (mean terms added per series), ``steps`` (mean steps).
+        """
+        if (x is None or h is None) and self._record is not None:
+            x = self._record.input if x is None else x
+            h = self._record.state if h is None else h
+        if x is None or h is None:
+            raise ValueError(
+                "Recurrence.diagnostics: no state to analyse; pass x and h, or run the forward "
+                "inside `with rec.recording():` first."
+            )
+        out = {
+            "residual": fixed_point_residual(self.cell, x, h),
+            "spectral_radius": spectral_radius(self.cell, x, h, iters=power_iters),
+        }
+        stats = self.neumann_stats(x.device)
+        out["neumann_fallbacks"] = stats[0].clone()
+        out["neumann_terms"] = stats[1] / stats[2].clamp_min(1)
+        if self.steps is not None:
+            out["steps"] = self.steps.float().mean()
+        return out
