@@ -2,7 +2,7 @@
 
 from detectron2.modeling import build_model as d2_build_model
 
-from .recurrence import recurrent_layers, validate_recurrent_config
+from .recurrence import validate_recurrent_config
 
 __all__ = ["build_model", "has_recurrence"]
 
@@ -10,7 +10,8 @@ OUR_NAMES = ("build_resnet_rfpn_backbone", "RecurrentMaskRCNNConvUpsampleHead")
 
 
 def build_model(cfg):
-    """Validate MODEL.RECURRENT / MODEL.HGRU, build the model, and name its recurrences.
+    """Validate MODEL.RECURRENT / MODEL.HGRU / MODEL.RFPN (once, here: the components trust
+    them), then build the model.
 
     A registry miss for one of rpanoptic's names raises KeyError saying to import rpanoptic
     (which registers them) before building the model.
@@ -26,7 +27,6 @@ def build_model(cfg):
                 "process)."
             ) from e
         raise
-    recurrent_layers(model)
     return model
 
 

@@ -91,8 +91,9 @@ def build_recurrence(cfg, channels: int, name: str = "recurrence") -> Recurrence
     :class:`HGRUCell` with ``channels``, as MODEL.RECURRENT and
     MODEL.HGRU say. Reads: MODEL.RECURRENT.{GRAD, TIMESTEPS, TEST_TIMESTEPS, NEUMANN_STEPS,
     NEUMANN_RTOL, LCP_TAU, LCP_REDUCTION, HALT_TOL, CHECK_FINITE},
-    MODEL.HGRU.{KERNEL_SIZE, NORM, GN_GROUPS, NONLINEARITY}."""
-    validate_recurrent_config(cfg)
+    MODEL.HGRU.{KERNEL_SIZE, NORM, GN_GROUPS, NONLINEARITY}. The keys are validated once by
+    :func:`rpanoptic.modeling.build_model` (:func:`validate_recurrent_config`); bad values that
+    reach the engine still fail there, named by argument."""
     r, g = cfg.MODEL.RECURRENT, cfg.MODEL.HGRU
     if g.NORM == "GN" and channels % g.GN_GROUPS != 0:
         raise ValueError(

@@ -286,7 +286,7 @@ class Recurrence(RecurrenceControls, nn.Module):
             where = f"its state became non-finite at step {step} of {limit}"
         raise FloatingPointError(
             f"Recurrence {self.name!r} (grad={self.grad!r}) diverged: {where}. Lower the learning "
-            "rate, raise MODEL.RECURRENT.LCP_WEIGHT or lower LCP_TAU to keep it contractive, or "
+            "rate, raise the LCP weight or lower lcp_tau to keep it contractive, or "
             "check the input data for NaN/inf."
         )
 
