@@ -1,7 +1,7 @@
-"""Detectron2 integration: registration, configs, checkpoints, the LCP hook, sweep, errors."""
+"""The Detectron2 components: registration, shipped configs, building from config and from
+arguments, feed-forward checkpoints, RFPN levels, config errors, divergence errors."""
 
 import contextlib
-import logging
 
 import pytest
 import torch
@@ -10,9 +10,8 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import BACKBONE_REGISTRY, ROI_MASK_HEAD_REGISTRY
 
 import rpanoptic
-from rpanoptic.engine import LCPHook
 from rpanoptic.modeling import build_model, recurrent_layers
-from rpanoptic.recurrence import HGRUCell, Recurrence, sweep
+from rpanoptic.recurrence import HGRUCell, Recurrence
 
 
 @pytest.fixture(autouse=True)
@@ -143,114 +142,6 @@ def test_registry_miss_says_to_import_rpanoptic():
             build_model(tiny_cfg(RFPN))
     finally:
         BACKBONE_REGISTRY._obj_map["build_resnet_rfpn_backbone"] = saved
-
-
-def _hooked(model, weight=2.0):
-    hook = LCPHook(lcp_weight=weight, period=0)
-
-    class _Trainer:  # the two attributes LCPHook uses
-        pass
-
-    hook.trainer = _Trainer()
-    hook.trainer.model = model
-    hook.before_train()
-    return hook
-
-
-@pytest.mark.parametrize("config", [RFPN, RMASK])
-def test_lcp_hook_adds_loss_lcp_with_gradient_to_hgru(config):
-    torch.manual_seed(0)
-    cfg = tiny_cfg(config, "MODEL.RECURRENT.LCP_TAU", 0.1)
-    model = build_model(cfg).train()
-    hook = _hooked(model, weight=2.0)
-    losses = model(fake_batch())
-    layers = recurrent_layers(model)
-    expected = 2.0 * sum(layer.lcp for layer in layers.values())
-    torch.testing.assert_close(losses["loss_lcp"], expected)
-    assert losses["loss_lcp"].item() > 0
-    losses["loss_lcp"].backward()
-    cells = [layer.cell for layer in layers.values()]
-    assert all(c.w_inh.grad is not None and c.w_inh.grad.abs().sum() > 0 for c in cells)
-    hook.after_train()
-    assert "loss_lcp" not in model(fake_batch())
-
-
-def test_lcp_hook_with_plain_simple_trainer_and_ddp_style_wrapper():
-    from detectron2.engine import SimpleTrainer
-
-    torch.manual_seed(0)
-    model = build_model(tiny_cfg(RFPN, "MODEL.RECURRENT.LCP_TAU", 0.1)).train()
-
-    class Wrapper(torch.nn.Module):  # exposes .module like DistributedDataParallel
-        def __init__(self, module):
-            super().__init__()
-            self.module = module
-
-        def forward(self, *a, **k):
-            return self.module(*a, **k)
-
-    wrapped = Wrapper(model)
-    batches = iter([fake_batch(1, seed=s) for s in range(3)])
-    before = model.backbone.rfpn["p2"].recurrence.cell.w_exc.detach().clone()
-    trainer = SimpleTrainer(wrapped, batches, torch.optim.SGD(model.parameters(), lr=0.1))
-    trainer.register_hooks([LCPHook(lcp_weight=1.0, period=1)])
-    trainer.train(0, 2)
-    history = trainer.storage.history("loss_lcp").values()
-    assert len(history) == 2 and all(v > 0 for v, _ in history)
-    assert not torch.equal(before, model.backbone.rfpn["p2"].recurrence.cell.w_exc)
-    scalars = trainer.storage.latest()
-    for metric in ("residual", "spectral_radius", "neumann_fallbacks", "steps", "lcp"):
-        assert f"recurrent/backbone.rfpn.p2.recurrence/{metric}" in scalars, metric
-
-
-def test_warns_once_without_hook(caplog):
-    from rpanoptic.modeling import recurrence as rec_mod
-
-    rec_mod._warned.clear()
-    model = build_model(tiny_cfg(RFPN)).train()
-    with caplog.at_level(logging.WARNING, logger="rpanoptic"):
-        model(fake_batch(1))
-        model(fake_batch(1))
-    warnings = [r for r in caplog.records if "trains plain rbp" in r.getMessage()]
-    assert len(warnings) == 1
-
-
-def test_sweep_equals_separate_runs():
-    torch.manual_seed(0)
-    counts = [1, 3, 6]
-    for config in (RFPN, RMASK):
-        model = build_model(tiny_cfg(config, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0)).eval()
-        for level in getattr(model.backbone, "rfpn", {}).values():
-            torch.nn.init.constant_(level.scale, 0.5)
-        batch = fake_batch(1)
-        with torch.no_grad(), sweep(model, counts) as set_count:
-            swept = {}
-            for t in counts:
-                set_count(t)
-                swept[t] = model(batch)[0]
-        layers = recurrent_layers(model)
-        for t in counts:
-            with contextlib.ExitStack() as steps, torch.no_grad():
-                for layer in layers.values():
-                    steps.enter_context(layer.using(test_timesteps=t))
-                alone = model(batch)[0]
-            assert torch.equal(swept[t]["panoptic_seg"][0], alone["panoptic_seg"][0]), (config, t)
-            assert torch.equal(swept[t]["sem_seg"], alone["sem_seg"])
-            a, b = swept[t]["instances"], alone["instances"]
-            assert torch.equal(a.pred_masks, b.pred_masks) and torch.equal(a.scores, b.scores)
-        assert not torch.equal(swept[1]["sem_seg"], swept[6]["sem_seg"]) or config == RMASK
-
-
-def test_sweep_runs_each_recurrence_once_per_input():
-    model = build_model(tiny_cfg(RFPN)).eval()
-    calls = []
-    for level in model.backbone.rfpn.values():
-        level.recurrence.cell.register_forward_hook(lambda *a: calls.append(1))
-    with torch.no_grad(), sweep(model, [2, 5]) as set_count:
-        for t in (2, 5):
-            set_count(t)
-            model(fake_batch(1))
-    assert len(calls) == 4 * 5  # 4 levels, one run to the largest count
 
 
 def test_divergence_names_layer_and_step():
