@@ -92,3 +92,98 @@ def test_prepare_script(tmp_path):
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert os.path.isfile(tmp_path / "easy_48px_seed0" / "generator.json")
+
+
+@pytest.fixture(scope="module")
+def tiny_set(tmp_path_factory):
+    spec = PathfinderSpec(size=24, segments=2, snakes=2, dash=3.0, gap=1.5, margin=2)
+    root = str(tmp_path_factory.mktemp("pf") / "tiny")
+    generate_pathfinder(root, {"train": 32, "val": 16}, spec, seed=0)
+    return root
+
+
+def _run(**kw):
+    from rpanoptic.pathfinder.train import PathfinderRun
+
+    base = dict(channels=8, kernel_size=3, timesteps=3, neumann_steps=3, batch=8)
+    return PathfinderRun(**{**base, **kw})
+
+
+@pytest.mark.parametrize("model", ["hgru", "ff"])
+def test_interrupted_training_resumes_to_the_same_weights(tiny_set, tmp_path, model, monkeypatch):
+    import torch
+
+    from rpanoptic.pathfinder.train import build_model, load_split, train
+
+    data = load_split(tiny_set, "train")
+    whole = build_model(_run(model=model, iters=8, checkpoint_period=4))
+    train(whole, data, _run(model=model, iters=8, checkpoint_period=4), str(tmp_path / "a"))
+    run = _run(model=model, iters=8, checkpoint_period=4)
+    step, calls = torch.optim.Adam.step, []
+
+    def dying_step(self, *a, **k):  # the 5th step dies: the checkpoint of iteration 4 is kept
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        train(build_model(run), data, run, str(tmp_path / "b"), log=lambda s: None)
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    resumed = build_model(run)
+    history = train(resumed, data, run, str(tmp_path / "b"), log=lambda s: None)
+    assert history[-1]["iteration"] == 8
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    with pytest.raises(ValueError, match="other settings"):
+        train(build_model(run), data, _run(model=model, iters=9), str(tmp_path / "b"))
+
+
+def test_evaluate_sweeps_steps_like_separate_runs_and_reports_stability(tiny_set):
+    import torch
+
+    from rpanoptic.pathfinder.train import build_model, evaluate, load_split
+
+    data = load_split(tiny_set, "val")
+    model = build_model(_run(model="hgru")).eval()
+    result = evaluate(model, data, [1, 3, 9])
+    x, y = data
+    for t, acc in result["accuracy"].items():
+        with torch.no_grad(), model.recurrence.using(test_timesteps=t):
+            alone = ((model(x) > 0).float() == y).float().mean().item()
+        assert acc == pytest.approx(alone), t
+    assert result["drift"] > 0 and 0 < result["spectral_radius"] < 2
+
+
+def test_missing_or_corrupt_split_names_the_file(tiny_set, tmp_path):
+    import shutil
+
+    from rpanoptic.pathfinder.train import load_split
+
+    with pytest.raises(FileNotFoundError, match="prepare_pathfinder.py"):
+        load_split(str(tmp_path), "train")
+    copy = str(tmp_path / "copy")
+    shutil.copytree(tiny_set, copy)
+    with open(os.path.join(copy, "val", "000001.png"), "wb") as f:
+        f.write(b"not a png")
+    with pytest.raises(ValueError, match="000001.png cannot be read"):
+        load_split(copy, "val")
+
+
+def test_train_script_end_to_end(tiny_set, tmp_path):
+    import importlib.util
+    import json
+
+    path = os.path.join(ROOT, "tools", "train_pathfinder.py")
+    spec = importlib.util.spec_from_file_location("train_pathfinder", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    out = str(tmp_path / "run")
+    argv = ["--data", tiny_set, "--iters", "4", "--channels", "8", "--timesteps", "2"]
+    argv += ["--neumann-steps", "2", "--batch", "4", "--eval-steps", "1,2,4", "--output-dir", out]
+    assert tool.main(argv) == 0
+    result = json.load(open(os.path.join(out, "result.json")))
+    assert set(result["accuracy"]) == {"1", "2", "4"} and result["params"] > 0
+    assert result["saved_mb"] > 0 and os.path.isfile(os.path.join(out, "checkpoint.pth"))
+    assert tool.main(["--data", str(tmp_path / "none"), "--output-dir", out + "2"]) == 2

@@ -1,0 +1,114 @@
+"""Pathfinder models: the paper's recurrent one (a learned filter bank, one hGRU recurrence with
+large kernels, a max-pooled read-out) and feed-forward baselines sharing its stem and read-out.
+
+Every model maps a (B, 1, H, W) image in [0, 1] to (B,) logits of "the dots are connected".
+"""
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..recurrence import HGRUCell, Recurrence
+
+__all__ = ["FeedForwardPathfinder", "HGRUPathfinder", "count_parameters"]
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+class _Stem(nn.Module):
+    """A learned bank of ``channels`` oriented filters (the paper's input layer)."""
+
+    def __init__(self, channels: int, kernel_size: int = 5):
+        super().__init__()
+        self.conv = nn.Conv2d(1, channels, kernel_size, padding=kernel_size // 2)
+
+    def forward(self, x):
+        return torch.relu(self.conv(x))
+
+
+class _Readout(nn.Module):
+    """1x1 conv, global max pool, linear: one logit per image."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, 2, 1)
+        self.norm = nn.GroupNorm(1, 2)
+        self.fc = nn.Linear(2, 1)
+
+    def forward(self, h):
+        return self.fc(torch.amax(self.norm(self.conv(h)), dim=(2, 3))).squeeze(1)
+
+
+class HGRUPathfinder(nn.Module):
+    """Stem -> hGRU :class:`~rpanoptic.recurrence.Recurrence` -> read-out.
+
+    Args:
+        channels: hGRU channels (the paper uses 25 at 150 px; small is enough here).
+        kernel_size: the hGRU's horizontal kernels (odd; large, as the paper's 15 at 150 px).
+        timesteps, grad, neumann_steps, lcp_tau, lcp_reduction: the recurrence's (see
+            :class:`~rpanoptic.recurrence.Recurrence`).
+        gn_groups: GroupNorm groups of the cell (must divide ``channels``).
+    """
+
+    def __init__(
+        self,
+        channels: int = 16,
+        kernel_size: int = 7,
+        timesteps: int = 8,
+        grad: str = "crbp",
+        neumann_steps: int = 15,
+        lcp_tau: float = 0.9,
+        lcp_reduction: str = "mean",
+        gn_groups: int = 4,
+        stem_kernel: int = 5,
+    ):
+        super().__init__()
+        self.stem = _Stem(channels, stem_kernel)
+        cell = HGRUCell(channels, kernel_size, timesteps=timesteps, gn_groups=gn_groups)
+        self.recurrence = Recurrence(
+            cell,
+            timesteps,
+            grad=grad,
+            neumann_steps=neumann_steps,
+            lcp_tau=lcp_tau,
+            lcp_reduction=lcp_reduction,
+            name="pathfinder.recurrence",
+        )
+        self.readout = _Readout(channels)
+        self.state: Optional[torch.Tensor] = None  # the final state of the latest forward
+
+    def forward(self, x):
+        h = self.recurrence(self.stem(x))
+        self.state = h.detach()
+        return self.readout(h)
+
+
+class _Block(nn.Module):
+    def __init__(self, channels: int, kernel_size: int):
+        super().__init__()
+        pad = kernel_size // 2
+        self.conv1 = nn.Conv2d(channels, channels, kernel_size, padding=pad)
+        self.conv2 = nn.Conv2d(channels, channels, kernel_size, padding=pad)
+        self.norm1, self.norm2 = nn.GroupNorm(4, channels), nn.GroupNorm(4, channels)
+
+    def forward(self, x):
+        y = torch.relu(self.norm1(self.conv1(x)))
+        return torch.relu(x + self.norm2(self.conv2(y)))
+
+
+class FeedForwardPathfinder(nn.Module):
+    """Stem -> ``blocks`` residual blocks of two ``kernel_size`` convolutions -> read-out: the
+    recurrent model with the hGRU replaced by convolution layers. ``channels`` and ``blocks``
+    set its size (equal to or several times the hGRU model's parameters)."""
+
+    def __init__(self, channels: int = 16, kernel_size: int = 3, blocks: int = 4, stem_kernel=5):
+        super().__init__()
+        self.stem = _Stem(channels, stem_kernel)
+        self.blocks = nn.Sequential(*[_Block(channels, kernel_size) for _ in range(blocks)])
+        self.readout = _Readout(channels)
+
+    def forward(self, x):
+        return self.readout(self.blocks(self.stem(x)))
