@@ -19,14 +19,18 @@ def count_parameters(model: nn.Module) -> int:
 
 
 class _Stem(nn.Module):
-    """A learned bank of ``channels`` oriented filters (the paper's input layer)."""
+    """A learned bank of ``channels`` oriented filters (the paper's input layer), normalised
+    per image: the hGRU's drive must be O(1) next to its softplus offsets, or the state ignores
+    the image (unnormalised, a 2%-bright Pathfinder image gives a drive of about 0.06 and a
+    state whose correlation with it was -0.04)."""
 
     def __init__(self, channels: int, kernel_size: int = 5):
         super().__init__()
         self.conv = nn.Conv2d(1, channels, kernel_size, padding=kernel_size // 2)
+        self.norm = nn.GroupNorm(1, channels)
 
     def forward(self, x):
-        return torch.relu(self.conv(x))
+        return torch.relu(self.norm(self.conv(x)))
 
 
 class _Readout(nn.Module):
