@@ -241,7 +241,7 @@ def launcher(
         cmd += ["--train", str(counts["train"]), "--val", str(counts["val"])]
         cmd += ["--size", str(size or SceneSpec.size), *entry.opts, *opts]
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-        with open(os.path.join(folder, "log.txt"), "w") as log:
+        with open(os.path.join(folder, "log.txt"), "a") as log:  # a resumed run appends
             return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, env=env)
 
     return launch

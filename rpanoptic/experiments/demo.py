@@ -57,21 +57,27 @@ def sweep_counts(trained: int) -> list:
     return sorted({1, 2, max(1, trained // 2), trained, 2 * trained, 3 * trained})
 
 
-def train_and_evaluate(cfg, counts: Sequence[int] = ()) -> Dict:
-    """Train ``cfg`` from scratch (seeded by cfg.SEED when >= 0), evaluate the final model on
+def train_and_evaluate(cfg, counts: Sequence[int] = (), resume: bool = False) -> Dict:
+    """Train ``cfg`` (seeded by cfg.SEED when >= 0), evaluate the final model on
     DATASETS.TEST[0] and, for a recurrent model, sweep the inference steps ``counts`` (default
     :func:`sweep_counts`), writing to cfg.OUTPUT_DIR.
 
+    Training starts from scratch (or cfg.MODEL.WEIGHTS); with ``resume`` it continues from the
+    last checkpoint in cfg.OUTPUT_DIR when there is one (the caller checks that it belongs to
+    the same config).
+
     Returns:
         dict with ``model`` (unwrapped), ``results`` (the evaluators' results), ``sweep``
-        ({t: results}; empty for a feed-forward model), ``counts`` and ``train_s`` (seconds
-        spent in training and its final evaluation).
+        ({t: results}; empty for a feed-forward model), ``counts``, ``train_s`` (seconds
+        spent in training and its final evaluation, in this process) and ``start_iter`` (0, or
+        the iteration training resumed at).
     """
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
     seed_all_rng(None if cfg.SEED < 0 else cfg.SEED)
     start = time.perf_counter()
     trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=False)
+    trainer.resume_or_load(resume=resume)
+    start_iter = trainer.start_iter
     trainer.train()
     train_s = time.perf_counter() - start
     model = getattr(trainer.model, "module", trainer.model)
@@ -82,7 +88,14 @@ def train_and_evaluate(cfg, counts: Sequence[int] = ()) -> Dict:
     if has_recurrence(cfg):
         folder = os.path.join(cfg.OUTPUT_DIR, "timestep_sweep")
         sweep = timestep_sweep(cfg, model, counts, cfg.DATASETS.TEST[0], folder)
-    return dict(model=model, results=results, sweep=sweep, counts=counts, train_s=train_s)
+    return dict(
+        model=model,
+        results=results,
+        sweep=sweep,
+        counts=counts,
+        train_s=train_s,
+        start_iter=start_iter,
+    )
 
 
 def run_demo(cfg, counts: Sequence[int] = (), num_pictures: int = 4) -> Dict[str, str]:

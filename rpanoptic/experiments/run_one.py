@@ -21,12 +21,12 @@ from detectron2.data import build_detection_test_loader
 from ..data.panoptic import standard_dataset
 from ..data.synthetic import ensure_synthetic_dataset
 from ..data.synthetic_scene import SceneSpec
-from ..engine.setup import get_rpanoptic_cfg
+from ..engine.setup import check_resumable, get_rpanoptic_cfg
 from ..evaluation.comparison import COUNTS, METRICS
 from ..evaluation.grouping import instance_grouping
 from ..evaluation.report import read_metrics
 from ..modeling.build import has_recurrence
-from ..utils import atomic_write_json, peak_rss_mb
+from ..utils import atomic_write, atomic_write_json, peak_rss_mb
 from .compare import describe
 from .demo import demo_config, train_and_evaluate
 
@@ -101,7 +101,8 @@ def run_one(
         cfg.MODEL.WEIGHTS = init_weights
     if cfg.MODEL.DEVICE.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    run = train_and_evaluate(cfg, COUNTS)
+    resume = prepare_run_folder(cfg)
+    run = train_and_evaluate(cfg, COUNTS, resume=resume)
     model = run["model"]
     result = {
         "name": name or os.path.splitext(os.path.basename(config_file))[0],
@@ -122,6 +123,7 @@ def run_one(
         ),
         "infer_img_s": _inference_seconds(cfg, model),
         "train_s": run["train_s"],
+        "resumed_at": run["start_iter"],
         "sweep": {
             str(t): {
                 **{m: r["panoptic_seg"][m] for m in ("PQ", "PQ_th", "PQ_st")},
@@ -137,6 +139,57 @@ def run_one(
         result["grouping"] = instance_grouping(model, cfg, standard, grouping_category)
     atomic_write_json(result_path, result, indent=2)
     return result
+
+
+RUN_CONFIG = "run_config.yaml"
+
+
+def prepare_run_folder(cfg) -> bool:
+    """Decide whether the run in cfg.OUTPUT_DIR resumes, and make its folder ready.
+
+    A run resumes when the folder holds a checkpoint and the ``run_config.yaml`` written when
+    it started equals ``cfg`` (then the metrics logged after that checkpoint are dropped, since
+    those iterations are trained again). Otherwise it starts from scratch: an earlier
+    metrics.json is kept as ``metrics.previous.json`` rather than appended to. Returns True to
+    resume.
+    """
+    out = cfg.OUTPUT_DIR
+    os.makedirs(out, exist_ok=True)
+    config_path, metrics = os.path.join(out, RUN_CONFIG), os.path.join(out, "metrics.json")
+    text = cfg.dump()
+    checkpoint = _last_checkpoint_iteration(out)
+    same = False
+    if os.path.isfile(config_path):
+        with open(config_path) as f:
+            same = f.read() == text
+    if same and checkpoint is not None:
+        check_resumable(cfg)
+        if os.path.isfile(metrics):
+            kept = [r for r in read_metrics(metrics) if r.get("iteration", -1) <= checkpoint]
+            lines = "".join(json.dumps(r) + "\n" for r in kept)
+            atomic_write(metrics, lambda f: f.write(lines), binary=False)
+        return True
+    if os.path.isfile(metrics):
+        os.replace(metrics, os.path.join(out, "metrics.previous.json"))
+    if os.path.isfile(os.path.join(out, "last_checkpoint")):
+        os.remove(os.path.join(out, "last_checkpoint"))  # a later resume must not pick it up
+    atomic_write(config_path, lambda f: f.write(text), binary=False)
+    return False
+
+
+def _last_checkpoint_iteration(folder: str):
+    """The iteration of the checkpoint named in ``folder``/last_checkpoint (Detectron2 names
+    periodic checkpoints model_<iteration>.pth), or None when there is none to resume."""
+    pointer = os.path.join(folder, "last_checkpoint")
+    if not os.path.isfile(pointer):
+        return None
+    with open(pointer) as f:
+        name = f.read().strip()
+    stem = os.path.splitext(name)[0]
+    if not os.path.isfile(os.path.join(folder, name)) or not stem.startswith("model_"):
+        return None
+    digits = stem[len("model_") :]
+    return int(digits) if digits.isdigit() else None
 
 
 def logged_diagnostics(metrics_json: str) -> Dict[str, List[List[float]]]:
