@@ -15,6 +15,10 @@ CONFIGS = sorted(
     if not os.path.basename(p).startswith("Base-")
 )
 
+COCO = "configs/COCO-PanopticSegmentation/"
+FF = COCO + "panoptic_fpn_R_50_1x.yaml"
+RFPN = COCO + "panoptic_rfpn_R_50_crbp20_1x.yaml"
+RMASK = COCO + "panoptic_rmask_R_50_crbp20_1x.yaml"
 TINY = [
     "MODEL.DEVICE", "cpu",
     "MODEL.WEIGHTS", "",

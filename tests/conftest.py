@@ -19,3 +19,12 @@ def synthetic_env(tmp_path_factory):
     folder = str(root / "synthetic_panoptic")
     generate_synthetic_panoptic(folder, {"train": 6, "val": 3}, spec=SceneSpec(size=128))
     return dict(os.environ, RPANOPTIC_DATASETS=str(root))
+
+
+@pytest.fixture
+def event_storage():
+    """A Detectron2 EventStorage around the test (its losses and hooks log to one)."""
+    from detectron2.utils.events import EventStorage
+
+    with EventStorage(0) as storage:
+        yield storage

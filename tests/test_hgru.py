@@ -58,7 +58,7 @@ def test_group_norm_channel_mismatch_names_channels_and_groups():
     [
         (dict(norm="LN"), r"norm='LN'.*'GN', 'BN', 'SyncBN', ''"),
         (dict(nonlinearity="gelu"), r"nonlinearity='gelu'.*'softplus'"),
-        (dict(kernel_size=4), r"kernel_size must be odd"),
+        (dict(kernel_size=4), r"kernel_size=4.*an odd integer"),
     ],
 )
 def test_bad_arguments(kwargs, pattern):

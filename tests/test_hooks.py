@@ -5,23 +5,16 @@ import json
 
 import pytest
 import torch
-from _detectron import fake_batch, tiny_cfg
+from _detectron import RFPN, RMASK, fake_batch, tiny_cfg
 from detectron2.engine import SimpleTrainer
 from detectron2.engine.hooks import PeriodicWriter
-from detectron2.utils.events import EventStorage, JSONWriter
+from detectron2.utils.events import JSONWriter
 
 from rpanoptic.engine import LCPHook, ParameterStatsHook
 from rpanoptic.evaluation.report import plot_recurrent_diagnostics
 from rpanoptic.modeling import build_model, parameter_groups, recurrent_layers
 
-RFPN = "configs/COCO-PanopticSegmentation/panoptic_rfpn_R_50_crbp20_1x.yaml"
-RMASK = "configs/COCO-PanopticSegmentation/panoptic_rmask_R_50_crbp20_1x.yaml"
-
-
-@pytest.fixture(autouse=True)
-def _storage():
-    with EventStorage(0) as storage:  # detectron2's losses log to an event storage
-        yield storage
+pytestmark = pytest.mark.usefixtures("event_storage")
 
 
 def _attach(hook, model):

@@ -82,7 +82,7 @@ def test_weighted_default_penalty_equals_authors_penalty_and_its_gradient():
 
 
 def test_unknown_reduction_names_the_choices():
-    with pytest.raises(ValueError, match="lcp_reduction='max'.*'sum' \\| 'mean'"):
+    with pytest.raises(ValueError, match="lcp_reduction='max'.*'sum', 'mean'"):
         Recurrence(LinearCell(0.5), 3, lcp_reduction="max")
 
 

@@ -5,20 +5,12 @@ import logging
 
 import pytest
 import torch
-from _detectron import fake_batch, tiny_cfg
-from detectron2.utils.events import EventStorage
+from _detectron import RFPN, RMASK, fake_batch, tiny_cfg
 
 from rpanoptic.engine import LCPHook
 from rpanoptic.modeling import build_model, recurrent_layers
 
-RFPN = "configs/COCO-PanopticSegmentation/panoptic_rfpn_R_50_crbp20_1x.yaml"
-RMASK = "configs/COCO-PanopticSegmentation/panoptic_rmask_R_50_crbp20_1x.yaml"
-
-
-@pytest.fixture(autouse=True)
-def _storage():
-    with EventStorage(0) as storage:  # detectron2's losses log to an event storage
-        yield storage
+pytestmark = pytest.mark.usefixtures("event_storage")
 
 
 def _hooked(model, weight=2.0):

@@ -3,12 +3,10 @@ also through the LR schedule."""
 
 import pytest
 import torch
-from _detectron import tiny_cfg
+from _detectron import RFPN, tiny_cfg
 
 from rpanoptic.engine import Trainer
 from rpanoptic.modeling import build_model, parameter_groups
-
-RFPN = "configs/COCO-PanopticSegmentation/panoptic_rfpn_R_50_crbp20_1x.yaml"
 
 
 def _lrs(optimizer):

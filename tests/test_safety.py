@@ -11,7 +11,7 @@ import types
 import numpy as np
 import pytest
 import torch
-from _detectron import tiny_cfg
+from _detectron import RFPN, tiny_cfg
 from detectron2.engine import hooks as d2_hooks
 from PIL import Image
 
@@ -28,7 +28,6 @@ from rpanoptic.evaluation import parse_counts
 from rpanoptic.modeling import build_model
 from rpanoptic.recurrence import HGRUCell, Recurrence
 
-RFPN = "configs/COCO-PanopticSegmentation/panoptic_rfpn_R_50_crbp20_1x.yaml"
 SPEC = SceneSpec(size=64, curves=(1, 2), shapes=(1, 2))
 COUNTS = {"train": 3, "val": 2}
 
@@ -151,7 +150,7 @@ def test_malformed_step_lists_are_errors(text):
 def test_settings_that_train_no_contraction_are_errors(opts, pattern):
     with pytest.raises(ValueError, match=pattern):
         build_model(tiny_cfg(RFPN, *opts))
-    with pytest.raises(ValueError, match="0 < lcp_tau < 1"):
+    with pytest.raises(ValueError, match="lcp_tau=1.5.*0 < value < 1"):
         Recurrence(HGRUCell(4, timesteps=3, gn_groups=2), 3, grad="crbp", lcp_tau=1.5)
 
 

@@ -5,20 +5,12 @@ import contextlib
 
 import pytest
 import torch
-from _detectron import fake_batch, tiny_cfg
-from detectron2.utils.events import EventStorage
+from _detectron import RFPN, RMASK, fake_batch, tiny_cfg
 
 from rpanoptic.modeling import build_model, recurrent_layers
 from rpanoptic.recurrence import sweep
 
-RFPN = "configs/COCO-PanopticSegmentation/panoptic_rfpn_R_50_crbp20_1x.yaml"
-RMASK = "configs/COCO-PanopticSegmentation/panoptic_rmask_R_50_crbp20_1x.yaml"
-
-
-@pytest.fixture(autouse=True)
-def _storage():
-    with EventStorage(0) as storage:  # detectron2's losses log to an event storage
-        yield storage
+pytestmark = pytest.mark.usefixtures("event_storage")
 
 
 def test_sweep_equals_separate_runs():

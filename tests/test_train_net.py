@@ -7,12 +7,10 @@ import json
 import os
 
 import pytest
-from _detectron import ROOT, TINY
+from _detectron import RFPN, ROOT, TINY
 from _panoptic_data import dataset_kwargs, make_dataset, unique_name
 
 from rpanoptic.data import register_panoptic_dataset
-
-RFPN = "configs/COCO-PanopticSegmentation/panoptic_rfpn_R_50_crbp20_1x.yaml"
 
 
 def _train_net():

@@ -5,8 +5,10 @@ from typing import Dict
 
 from torch import nn
 
-from ..recurrence import GRAD_MODES, LCP_REDUCTIONS, HGRUCell, Recurrence
-from ..recurrence.hgru import NONLINEARITIES, NORMS
+from ..recurrence import HGRUCell, Recurrence
+from ..recurrence.arguments import Rule, at_least, is_number
+from ..recurrence.hgru import ARGUMENTS as HGRU_ARGUMENTS
+from ..recurrence.runner import ARGUMENTS as RECURRENCE_ARGUMENTS
 
 __all__ = [
     "build_recurrence",
@@ -19,44 +21,28 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-# key -> (check, allowed values as told to the user)
-_RULES = {
-    "MODEL.RECURRENT.GRAD": (lambda v: v in GRAD_MODES, " | ".join(map(repr, GRAD_MODES))),
-    "MODEL.RECURRENT.TIMESTEPS": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-    "MODEL.RECURRENT.TEST_TIMESTEPS": (
-        lambda v: _is_int(v) and v >= 0,
-        "an integer >= 0 (0 means TIMESTEPS)",
-    ),
-    "MODEL.RECURRENT.NEUMANN_STEPS": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
-    "MODEL.RECURRENT.NEUMANN_RTOL": (lambda v: _is_num(v) and 0 <= v < 1, "0 <= value < 1"),
-    "MODEL.RECURRENT.LCP_WEIGHT": (lambda v: _is_num(v) and v >= 0, "a number >= 0"),
-    "MODEL.RECURRENT.LCP_REDUCTION": (
-        lambda v: v in LCP_REDUCTIONS,
-        " | ".join(map(repr, LCP_REDUCTIONS)),
-    ),
-    "MODEL.RECURRENT.LCP_TAU": (
-        lambda v: _is_num(v) and 0 < v < 1,
-        "0 < value < 1 (a contraction; the paper uses 0.9-0.999)",
-    ),
-    "MODEL.RECURRENT.HALT_TOL": (lambda v: _is_num(v) and v >= 0, "a number >= 0 (0 disables)"),
-    "MODEL.RECURRENT.LR_FACTOR": (lambda v: _is_num(v) and v > 0, "a number > 0"),
-    "MODEL.RECURRENT.DIAGNOSTICS_PERIOD": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
-    "MODEL.HGRU.KERNEL_SIZE": (lambda v: _is_int(v) and v >= 1 and v % 2 == 1, "an odd integer"),
-    "MODEL.HGRU.NORM": (lambda v: v in NORMS, " | ".join(map(repr, NORMS))),
-    "MODEL.HGRU.GN_GROUPS": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-    "MODEL.HGRU.NONLINEARITY": (
-        lambda v: v in NONLINEARITIES,
-        " | ".join(map(repr, NONLINEARITIES)),
-    ),
+# config key -> (the engine's rules, the argument the key becomes): the same rule and words
+_ENGINE_KEYS = {
+    "MODEL.RECURRENT.GRAD": (RECURRENCE_ARGUMENTS, "grad"),
+    "MODEL.RECURRENT.TIMESTEPS": (RECURRENCE_ARGUMENTS, "timesteps"),
+    "MODEL.RECURRENT.TEST_TIMESTEPS": (RECURRENCE_ARGUMENTS, "test_timesteps"),
+    "MODEL.RECURRENT.NEUMANN_STEPS": (RECURRENCE_ARGUMENTS, "neumann_steps"),
+    "MODEL.RECURRENT.NEUMANN_RTOL": (RECURRENCE_ARGUMENTS, "neumann_rtol"),
+    "MODEL.RECURRENT.LCP_REDUCTION": (RECURRENCE_ARGUMENTS, "lcp_reduction"),
+    "MODEL.RECURRENT.LCP_TAU": (RECURRENCE_ARGUMENTS, "lcp_tau"),
+    "MODEL.RECURRENT.HALT_TOL": (RECURRENCE_ARGUMENTS, "halt_tol"),
+    "MODEL.HGRU.KERNEL_SIZE": (HGRU_ARGUMENTS, "kernel_size"),
+    "MODEL.HGRU.NORM": (HGRU_ARGUMENTS, "norm"),
+    "MODEL.HGRU.GN_GROUPS": (HGRU_ARGUMENTS, "gn_groups"),
+    "MODEL.HGRU.NONLINEARITY": (HGRU_ARGUMENTS, "nonlinearity"),
 }
+# keys that only the Detectron2 layer reads (the hook, the optimizer, the logging)
+_CONFIG_KEYS = {
+    "MODEL.RECURRENT.LCP_WEIGHT": Rule(lambda v: is_number(v) and v >= 0, "a number >= 0"),
+    "MODEL.RECURRENT.LR_FACTOR": Rule(lambda v: is_number(v) and v > 0, "a number > 0"),
+    "MODEL.RECURRENT.DIAGNOSTICS_PERIOD": at_least(0, "0 disables"),
+}
+_RULES = {**{k: rules[arg] for k, (rules, arg) in _ENGINE_KEYS.items()}, **_CONFIG_KEYS}
 
 
 def _get(cfg, key: str):
@@ -73,10 +59,10 @@ def validate_recurrent_config(cfg) -> None:
             "The config has no MODEL.RECURRENT: call rpanoptic.add_rpanoptic_config(cfg) before "
             "merging an rpanoptic config file."
         )
-    for key, (ok, allowed) in _RULES.items():
+    for key, rule in _RULES.items():
         value = _get(cfg, key)
-        if not ok(value):
-            raise ValueError(f"Config {key} = {value!r} is invalid; allowed: {allowed}.")
+        if not rule.ok(value):
+            raise ValueError(f"Config {key} = {value!r} is invalid; allowed: {rule.allowed}.")
     rfpn = cfg.MODEL.BACKBONE.NAME == "build_resnet_rfpn_backbone"
     if rfpn and "RFPN" in cfg.MODEL and not list(cfg.MODEL.RFPN.LEVELS):
         raise ValueError(

@@ -34,9 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .arguments import Rule, at_least, check_arguments, is_count, one_of
 from .sync_bn import SyncBatchNorm2d
 
-__all__ = ["HGRUCell", "NONLINEARITIES", "NORMS", "softplus"]
+__all__ = ["HGRUCell", "NONLINEARITIES", "NORMS", "ARGUMENTS", "softplus"]
 
 
 class _Softplus(torch.autograd.Function):
@@ -89,13 +90,14 @@ NORMS: Dict[str, Callable[[int, int], nn.Module]] = {
 }
 
 
-def _lookup(table: dict, value, name: str):
-    if value not in table:
-        raise ValueError(
-            f"HGRUCell: {name}={value!r} is not supported; allowed values: "
-            f"{', '.join(repr(k) for k in table)}."
-        )
-    return table[value]
+ARGUMENTS: Dict[str, Rule] = {
+    "channels": at_least(1),
+    "kernel_size": Rule(lambda v: is_count(v) and v >= 1 and v % 2 == 1, "an odd integer >= 1"),
+    "norm": one_of(NORMS),
+    "nonlinearity": one_of(NONLINEARITIES),
+    "gn_groups": at_least(1),
+}
+"""The rules of :class:`HGRUCell`'s arguments (also applied to the config keys behind them)."""
 
 
 class HGRUCell(nn.Module):
@@ -121,13 +123,18 @@ class HGRUCell(nn.Module):
         gn_groups: int = 32,
     ):
         super().__init__()
-        if channels < 1:
-            raise ValueError(f"HGRUCell: channels must be >= 1, got {channels}.")
-        if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"HGRUCell: kernel_size must be odd and >= 1, got {kernel_size}.")
+        check_arguments(
+            "HGRUCell",
+            ARGUMENTS,
+            channels=channels,
+            kernel_size=kernel_size,
+            norm=norm,
+            nonlinearity=nonlinearity,
+            gn_groups=gn_groups,
+        )
         self.channels = channels
-        self.nonlinearity = _lookup(NONLINEARITIES, nonlinearity, "nonlinearity")
-        make_norm = _lookup(NORMS, norm, "norm")
+        self.nonlinearity = NONLINEARITIES[nonlinearity]
+        make_norm = NORMS[norm]
         self.norms = nn.ModuleList([make_norm(channels, gn_groups) for _ in range(4)])
 
         self.gain_gate = nn.Conv2d(channels, channels, 1, bias=False)  # U1

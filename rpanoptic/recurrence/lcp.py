@@ -12,8 +12,9 @@ bounds the 1-norm of J (for non-negative Jacobians, exactly), so F stays a contr
 recurrent back-propagation's Neumann series converges.
 
 Reduction. The default is the authors' panoptic-segmentation code: a sum over every element of
-the (per-process) state, weighted by XI = 1e-3 in 33 of their 44 configs that set it; with
-``MODEL.RECURRENT.LCP_WEIGHT = 1e-3`` (the default) ``loss_lcp`` equals their penalty exactly.
+the (per-process) state, weighted by XI = 1e-3 in 33 of their 44 configs that set it; with a
+weight of 1e-3 (rpanoptic's default, set in its Detectron2 config) the weighted penalty equals
+theirs exactly.
 Its strength per element is the weight, whatever the size of the state, so it constrains a large
 FPN level as firmly as a 14 x 14 RoI. The "mean" (the authors' Pathfinder code, weight 10)
 divides by the number of elements: the same weight is then a far weaker constraint on a large

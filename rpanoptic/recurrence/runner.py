@@ -25,11 +25,12 @@ import torch
 from torch import nn
 
 from ._batch import batch_coupled, expand_as, frozen_running_stats, group_norm
+from .arguments import Rule, at_least, check_arguments, is_number, one_of
 from .controls import RecurrenceControls
 from .lcp import LCP_REDUCTIONS, lcp_penalty
 from .rbp import ImplicitStep, ImplicitStepOptions
 
-__all__ = ["Recurrence", "GRAD_MODES"]
+__all__ = ["Recurrence", "GRAD_MODES", "ARGUMENTS"]
 
 Step = Tuple[torch.Tensor, Optional[torch.Tensor]]
 
@@ -73,17 +74,20 @@ _TRAINING: Dict[str, Callable[["Recurrence", torch.Tensor, torch.Tensor], Step]]
 GRAD_MODES = tuple(_TRAINING)
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _is_count(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check(name: str, value, ok: bool, allowed: str) -> None:
-    if not ok:
-        raise ValueError(f"Recurrence: {name}={value!r} is invalid; allowed: {allowed}.")
+ARGUMENTS: Dict[str, Rule] = {
+    "grad": one_of(GRAD_MODES),
+    "timesteps": at_least(1),
+    "neumann_steps": at_least(0),
+    "lcp_tau": Rule(
+        lambda v: is_number(v) and 0 < v < 1,
+        "0 < value < 1 (a contraction; the paper uses 0.9-0.999)",
+    ),
+    "test_timesteps": at_least(0, "0: as many as in training"),
+    "halt_tol": Rule(lambda v: is_number(v) and v >= 0, "a number >= 0 (0 disables halting)"),
+    "neumann_rtol": Rule(lambda v: is_number(v) and 0 <= v < 1, "0 <= value < 1"),
+    "lcp_reduction": one_of(LCP_REDUCTIONS),
+}
+"""The rules of :class:`Recurrence`'s arguments (also applied to the config keys behind them)."""
 
 
 class Recurrence(RecurrenceControls, nn.Module):
@@ -127,43 +131,17 @@ class Recurrence(RecurrenceControls, nn.Module):
         name: str = "recurrence",
     ):
         super().__init__()
-        _check("grad", grad, grad in _TRAINING, " | ".join(repr(m) for m in GRAD_MODES))
-        _check("timesteps", timesteps, _is_count(timesteps) and timesteps >= 1, "int >= 1")
-        _check(
-            "neumann_steps",
-            neumann_steps,
-            _is_count(neumann_steps) and neumann_steps >= 0,
-            "int >= 0",
-        )
-        _check(
-            "lcp_tau",
-            lcp_tau,
-            _is_number(lcp_tau) and 0 < lcp_tau < 1,
-            "0 < lcp_tau < 1 (a contraction; the paper uses 0.9-0.999)",
-        )
-        _check(
-            "test_timesteps",
-            test_timesteps,
-            _is_count(test_timesteps) and test_timesteps >= 0,
-            "int >= 0 (0 means timesteps)",
-        )
-        _check(
-            "halt_tol",
-            halt_tol,
-            _is_number(halt_tol) and halt_tol >= 0,
-            "a number >= 0 (0 disables halting)",
-        )
-        _check(
-            "neumann_rtol",
-            neumann_rtol,
-            _is_number(neumann_rtol) and 0 <= neumann_rtol < 1,
-            "0 <= neumann_rtol < 1",
-        )
-        _check(
-            "lcp_reduction",
-            lcp_reduction,
-            lcp_reduction in LCP_REDUCTIONS,
-            " | ".join(repr(r) for r in LCP_REDUCTIONS),
+        check_arguments(
+            "Recurrence",
+            ARGUMENTS,
+            grad=grad,
+            timesteps=timesteps,
+            neumann_steps=neumann_steps,
+            lcp_tau=lcp_tau,
+            test_timesteps=test_timesteps,
+            halt_tol=halt_tol,
+            neumann_rtol=neumann_rtol,
+            lcp_reduction=lcp_reduction,
         )
         self.cell = cell
         self.lcp_reduction = lcp_reduction
@@ -177,10 +155,7 @@ class Recurrence(RecurrenceControls, nn.Module):
 
     def _check_setting(self, key: str, value) -> None:
         """Validate a setting that :meth:`using` may change."""
-        if key == "grad":
-            _check("grad", value, value in _TRAINING, " | ".join(repr(m) for m in GRAD_MODES))
-        else:
-            _check(key, value, _is_count(value) and value >= 0, "int >= 0 (0 means timesteps)")
+        check_arguments("Recurrence", ARGUMENTS, **{key: value})
 
     @property
     def constrained(self) -> bool:

@@ -1,0 +1,54 @@
+"""MODEL.RECURRENT and MODEL.HGRU: bad values named with their key and the allowed values (the
+engine's own rules), and a diverging recurrence named by its layer."""
+
+import pytest
+import torch
+from _detectron import RFPN, fake_batch, tiny_cfg
+
+from rpanoptic.modeling import build_model
+from rpanoptic.recurrence import HGRUCell, Recurrence
+
+pytestmark = pytest.mark.usefixtures("event_storage")
+
+
+@pytest.mark.parametrize(
+    "key, value, pattern",
+    [
+        ("MODEL.RECURRENT.GRAD", "tbptt", r"MODEL.RECURRENT.GRAD = 'tbptt'.*'crbp'"),
+        ("MODEL.RECURRENT.TIMESTEPS", 0, r"MODEL.RECURRENT.TIMESTEPS = 0.*>= 1"),
+        ("MODEL.RECURRENT.NEUMANN_STEPS", -1, r"NEUMANN_STEPS = -1"),
+        ("MODEL.RECURRENT.LCP_TAU", 0.0, r"LCP_TAU = 0.0.*0 < value < 1"),
+        ("MODEL.RECURRENT.LCP_TAU", 1.0, r"LCP_TAU = 1.0.*0 < value < 1"),
+        ("MODEL.RECURRENT.HALT_TOL", -1.0, r"HALT_TOL = -1.0"),
+        ("MODEL.HGRU.NORM", "LN", r"MODEL.HGRU.NORM = 'LN'.*'GN'"),
+        ("MODEL.HGRU.NONLINEARITY", "gelu", r"NONLINEARITY = 'gelu'.*'softplus'"),
+        ("MODEL.HGRU.KERNEL_SIZE", 4, r"KERNEL_SIZE = 4.*odd"),
+        ("MODEL.HGRU.GN_GROUPS", 5, r"GN_GROUPS = 5.*divisor of 32"),
+    ],
+)
+def test_bad_config_values_name_key_value_and_choices(key, value, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        build_model(tiny_cfg(RFPN, key, value))
+
+
+def test_config_keys_are_checked_by_the_engines_own_rules():
+    import inspect
+
+    from rpanoptic.modeling.recurrence import _ENGINE_KEYS, _RULES
+    from rpanoptic.recurrence.hgru import ARGUMENTS as HGRU_ARGUMENTS
+    from rpanoptic.recurrence.runner import ARGUMENTS as RECURRENCE_ARGUMENTS
+
+    for key, (rules, argument) in _ENGINE_KEYS.items():
+        assert _RULES[key] is rules[argument], key  # one rule object, not a copy
+    for owner, rules in ((Recurrence, RECURRENCE_ARGUMENTS), (HGRUCell, HGRU_ARGUMENTS)):
+        assert set(rules) <= set(inspect.signature(owner).parameters), owner
+
+
+def test_divergence_names_layer_and_step():
+    model = build_model(tiny_cfg(RFPN)).train()
+    cell = model.backbone.rfpn["p4"].recurrence.cell
+    with torch.no_grad():
+        cell.kappa.fill_(1e38)
+        cell.w_exc.mul_(1e30)
+    with pytest.raises(FloatingPointError, match=r"backbone.rfpn.p4.recurrence.*step 1 of 3"):
+        model(fake_batch(1))
