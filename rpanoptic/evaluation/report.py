@@ -23,6 +23,9 @@ __all__ = [
     "predict",
     "draw_predictions",
     "draw_unfolding",
+    "draw_unfolding_image",
+    "draw_panoptic",
+    "image_inputs",
     "write_report",
 ]
 
@@ -112,7 +115,11 @@ def plot_training_curves(metrics_json: str, out_png: str) -> List[str]:
 
 
 def _inputs(cfg, record: dict) -> dict:
-    image = utils.read_image(record["file_name"], format=cfg.INPUT.FORMAT)
+    return image_inputs(cfg, utils.read_image(record["file_name"], format=cfg.INPUT.FORMAT))
+
+
+def image_inputs(cfg, image: np.ndarray) -> dict:
+    """The model input of one image (H, W, 3) in cfg.INPUT.FORMAT: resized as at test time."""
     height, width = image.shape[:2]
     aug = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
     resized = aug.get_transform(image).apply_image(image)
@@ -176,17 +183,24 @@ def draw_predictions(model, cfg, dataset: str, out_dir: str, num: int = 4) -> Li
 
 @torch.no_grad()
 def draw_unfolding(model, cfg, record: dict, counts: Sequence[int], out_png: str, dataset: str):
-    """One image's panoptic prediction at each step count in ``counts`` (one recurrent run to
-    the largest count), in a row, with the trained N marked."""
-    metadata = _prediction_metadata(dataset)
-    image = _rgb(record)
-    inputs = [_inputs(cfg, record)]
+    """One dataset image's panoptic prediction at each step count in ``counts`` (one recurrent
+    run to the largest count), in a row, with the trained N marked."""
+    image = utils.read_image(record["file_name"], format=cfg.INPUT.FORMAT)
+    draw_unfolding_image(model, cfg, image, counts, out_png, _prediction_metadata(dataset))
+
+
+@torch.no_grad()
+def draw_unfolding_image(model, cfg, image: np.ndarray, counts: Sequence[int], out_png, metadata):
+    """As :func:`draw_unfolding`, for an image (H, W, 3) in cfg.INPUT.FORMAT drawn with
+    ``metadata``."""
+    rgb = image[:, :, ::-1] if cfg.INPUT.FORMAT == "BGR" else image
+    inputs = [image_inputs(cfg, image)]
     pictures = {}
     with eval_mode(model):
         with sweep(model, counts) as set_count:
             for t in counts:
                 set_count(t)
-                pictures[t] = _draw(image, metadata, output=model(inputs)[0])
+                pictures[t] = _draw(rgb, metadata, output=model(inputs)[0])
     plt = pyplot()
     fig, axes = plt.subplots(1, len(counts), figsize=(2.6 * len(counts), 2.9), squeeze=False)
     trained = cfg.MODEL.RECURRENT.TIMESTEPS
@@ -198,6 +212,11 @@ def draw_unfolding(model, cfg, record: dict, counts: Sequence[int], out_png: str
     fig.tight_layout()
     fig.savefig(out_png, dpi=100)
     plt.close(fig)
+
+
+def draw_panoptic(image_rgb: np.ndarray, metadata, output: dict) -> np.ndarray:
+    """Detectron2's Visualizer overlay of a model output's ``panoptic_seg`` on an RGB image."""
+    return _draw(image_rgb, metadata, output=output)
 
 
 def write_report(

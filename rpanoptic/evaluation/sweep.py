@@ -28,16 +28,14 @@ logger = logging.getLogger(__name__)
 METRICS = ["PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st"]
 
 
-def parse_counts(text: str) -> List[int]:
-    """ "1,5,10" -> [1, 5, 10]; raises ValueError naming the flag on bad input."""
+def parse_counts(text: str, flag: str = "--eval-timesteps") -> List[int]:
+    """ "1,5,10" -> [1, 5, 10]; raises ValueError naming ``flag`` on bad input."""
     try:
         counts = sorted({int(t) for t in text.split(",")})  # an empty item ("5,,10") is an error
     except ValueError:
         counts = []
     if not counts or counts[0] < 1:
-        raise ValueError(
-            f"--eval-timesteps {text!r}: give comma-separated step counts >= 1, e.g. 1,5,10,20"
-        )
+        raise ValueError(f"{flag} {text!r}: give comma-separated step counts >= 1, e.g. 1,5,10,20")
     return counts
 
 
