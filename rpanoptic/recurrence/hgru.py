@@ -61,7 +61,11 @@ class _Softplus(torch.autograd.Function):
 
 
 def softplus(x: torch.Tensor) -> torch.Tensor:
-    """log(1 + exp(x)), element-wise (see ``_Softplus``)."""
+    """log(1 + exp(x)), element-wise (see ``_Softplus``). Under tracing (export), the same
+    formula as plain tensor operations, which a trace records (it cannot record a Python
+    autograd function)."""
+    if torch.jit.is_tracing():
+        return x.clamp(min=0) + torch.log(1 + torch.exp(-x.abs()))
     return _Softplus.apply(x)
 
 
