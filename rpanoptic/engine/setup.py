@@ -13,7 +13,7 @@ from ..modeling.recurrence import validate_recurrent_config
 from .checkpoint import RPanopticCheckpointer
 from .resume import check_recurrent_settings
 
-__all__ = ["setup", "get_rpanoptic_cfg", "merge_config_file"]
+__all__ = ["setup", "get_rpanoptic_cfg", "merge_config_file", "check_python_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,3 +76,21 @@ def setup(args):
     cfg.freeze()
     default_setup(cfg, args)
     return cfg
+
+
+TRUST_CONFIG_ENV = "RPANOPTIC_TRUST_CONFIG"
+
+
+def check_python_config(path: str, shipped_dir: str, trusted: bool = False) -> None:
+    """Raise ValueError for a Python (Lazy) config outside ``shipped_dir`` unless ``trusted``
+    (or the environment sets RPANOPTIC_TRUST_CONFIG=1): loading a Python config runs its code,
+    and nothing a user passes as a file runs code by default."""
+    if not path.endswith(".py") or trusted or os.environ.get(TRUST_CONFIG_ENV) == "1":
+        return
+    shipped = os.path.abspath(shipped_dir)
+    if os.path.commonpath([os.path.abspath(path), shipped]) == shipped:
+        return
+    raise ValueError(
+        f"{path} is a Python config: loading it runs its code. Read it, then pass "
+        f"--trust-config (or set {TRUST_CONFIG_ENV}=1) to load it."
+    )

@@ -13,7 +13,7 @@ from torch import nn
 
 from .recurrence import build_recurrence, warn_unhooked_lcp
 
-__all__ = ["RecurrentLevel", "RFPN", "build_resnet_rfpn_backbone"]
+__all__ = ["RecurrentLevel", "RFPN", "build_resnet_rfpn_backbone", "level_recurrences"]
 
 
 class RecurrentLevel(nn.Module):
@@ -71,6 +71,13 @@ class RFPN(FPN):
         super().__init__(
             bottom_up, in_features, out_channels, norm, top_block, fuse_type, square_pad
         )
+        not_modules = [lvl for lvl, rec in recurrences.items() if not isinstance(rec, nn.Module)]
+        if not_modules:
+            raise TypeError(
+                f"RFPN: recurrences {not_modules} are not modules (got "
+                f"{type(recurrences[not_modules[0]]).__name__}); in a LazyConfig pass "
+                "recurrences=L(level_recurrences)(p3=..., ...) so that they are instantiated."
+            )
         unknown = [lvl for lvl in recurrences if lvl not in self._out_features]
         if unknown:
             raise ValueError(
@@ -133,6 +140,13 @@ class RFPN(FPN):
         if cache is not None:
             cache.update(x=x, features=features)
         return features
+
+
+def level_recurrences(**recurrences: nn.Module) -> Dict[str, nn.Module]:
+    """{level: recurrence} from keyword arguments: how a LazyConfig passes RFPN's
+    ``recurrences`` (``L(level_recurrences)(p3=..., p4=...)``; Detectron2's ``instantiate``
+    builds the arguments of a call, not the values of a plain dict)."""
+    return dict(recurrences)
 
 
 @BACKBONE_REGISTRY.register()
