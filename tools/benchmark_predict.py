@@ -1,0 +1,60 @@
+#!/usr/bin/env python
+"""Images per second of tools/predict.py's model call on CPU or GPU, at the trained step count
+and with per-sample halting at several tolerances (settings timed in alternation on the same
+images). Prints a table and writes a CSV.
+
+  python tools/benchmark_predict.py --config-file configs/Synthetic/panoptic_rfpn_R_18_crbp.yaml \\
+      --input datasets/synthetic_panoptic/val --images 22 --halt-tols 0.01,0.001 \\
+      --csv results/benchmarks/predict_speed_cpu.csv MODEL.WEIGHTS output/demo/model_final.pth
+"""
+import argparse
+import csv
+import os
+import sys
+
+import torch
+
+import rpanoptic  # noqa: F401  (registers rpanoptic's components and the synthetic datasets)
+from rpanoptic.engine.setup import get_rpanoptic_cfg
+from rpanoptic.experiments.predict_speed import predict_speed
+from rpanoptic.inference import expand_inputs
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--config-file", required=True)
+    p.add_argument("--input", nargs="+", required=True, help="images, folders or globs")
+    p.add_argument("--images", type=int, default=22, help="images to time (2 more warm up)")
+    p.add_argument("--halt-tols", default="0.01,0.001", help="halting tolerances to compare")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    p.add_argument("--csv", default="", help="where to write the table")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="MODEL.WEIGHTS CKPT and KEY VALUE")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = {"no halting": []}
+    for tol in [t for t in args.halt_tols.split(",") if t]:
+        settings[f"halt_tol {tol}"] = ["MODEL.RECURRENT.HALT_TOL", tol]
+    cfgs = {
+        k: get_rpanoptic_cfg(args.config_file, list(args.opts) + v) for k, v in settings.items()
+    }
+    paths = expand_inputs(args.input)[: args.images]
+    rows = predict_speed(cfgs, paths)
+    device = next(iter(cfgs.values())).MODEL.DEVICE
+    print(f"{len(paths)} images on {device}, {torch.get_num_threads()} threads")
+    print("| setting | images/s | s/image | mean steps |")
+    print("|---|---|---|---|")
+    for r in rows:
+        speed = f"{r['images_per_s']:.2f} | {r['s_per_image']:.3f}"
+        print(f"| {r['setting']} | {speed} | {r['steps']:.1f} |")
+    if args.csv:
+        os.makedirs(os.path.dirname(os.path.abspath(args.csv)), exist_ok=True)
+        with open(args.csv, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
