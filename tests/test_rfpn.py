@@ -56,3 +56,24 @@ def test_rfpn_levels_and_p6_from_recurrent_p5():
     torch.testing.assert_close(out["p6"], torch.nn.functional.max_pool2d(out["p5"], 1, 2))
     with pytest.raises(ValueError, match=r"MODEL.RFPN.LEVELS.*'p7'.*allowed"):
         build_model(tiny_cfg(RFPN, "MODEL.RFPN.LEVELS", ["p7"]))
+
+
+def test_contribution_of_the_recurrences_is_measured_against_the_fpn_level():
+    from rpanoptic.evaluation.contribution import rfpn_contribution
+
+    x = torch.randn(1, 3, 64, 64)
+    torch.manual_seed(0)
+    zero = build_model(tiny_cfg(RFPN)).eval()  # residual scales start at 0
+    rows = rfpn_contribution(zero, [x], counts=(1, 3))
+    assert {r["level"] for r in rows} == {"p2", "p3", "p4", "p5"}
+    assert all(r["value"] == 0.0 for r in rows)
+    one = build_model(tiny_cfg(RFPN, "MODEL.RFPN.SCALE_INIT", 1.0)).eval()
+    rows = rfpn_contribution(one, [x], counts=(1, 3))
+    level = one.backbone.rfpn["p3"]
+    p = super(type(one.backbone), one.backbone).forward(x)["p3"]
+    with torch.no_grad(), level.recurrence.using(test_timesteps=3):
+        expected = (level.recurrence(p).norm() / p.norm()).item()
+    got = next(r for r in rows if (r["level"], r["quantity"], r["part"]) == ("p3", "h_3", "whole"))
+    assert got["value"] == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="not an RFPN"):
+        rfpn_contribution(build_model(tiny_cfg(FF)).eval(), [x])
