@@ -218,3 +218,36 @@ def test_interrupted_run_resumes_from_its_checkpoint(synthetic_env, tmp_path):
     with open(os.path.join(out, "metrics.json")) as f:
         iterations = [json.loads(line)["iteration"] for line in f if line.strip()]
     assert iterations == sorted(set(iterations)) and len(iterations) > 0
+
+
+def test_step_gains_are_paired_within_runs():
+    from rpanoptic.evaluation.comparison import step_gains
+
+    def run(seed, at1, at10, at30):
+        sweep = {"1": {"PQ": at1}, "10": {"PQ": at10}, "30": {"PQ": at30}}
+        return dict(model="rec", seed=seed, trained_timesteps=10, sweep=sweep)
+
+    runs = [run(0, 40.0, 41.0, 41.5), run(1, 42.0, 45.0, 44.0), run(2, 41.0, 42.0, 42.0)]
+    runs.append(dict(model="ff", seed=0, trained_timesteps=0, sweep={}))  # no sweep: no row
+    rows = {r["gain"]: r for r in step_gains(runs)}
+    assert set(rows) == {"N - 1", "3N - N"} and rows["N - 1"]["model"] == "rec"
+    d = np.array([1.0, 3.0, 1.0])
+    assert rows["N - 1"]["n"] == 3 and rows["N - 1"]["diff"] == pytest.approx(d.mean())
+    t = d.mean() / (d.std(ddof=1) / np.sqrt(3))
+    assert rows["N - 1"]["p"] == pytest.approx(2 * (1 - scipy_t.cdf(t, df=2)))
+    assert rows["3N - N"]["diff"] == pytest.approx(np.mean([0.5, -1.0, 0.0]))
+
+
+def test_report_from_existing_results_names_the_missing_runs(tmp_path):
+    from rpanoptic.experiments.compare import report_existing
+
+    plan = [Entry("ff", "ff", "a.yaml", baseline=""), Entry("rec", "rec", "b.yaml")]
+    results = str(tmp_path / "results")
+    with pytest.raises(RuntimeError, match="no result file"):
+        report_existing(plan, [0, 1], results)
+    run_plan(plan, [0, 1], results, str(tmp_path / "out"), lambda *a: _FakeRun([], *a), log=print)
+    os.remove(os.path.join(results, "rec", "seed1.json"))
+    files, missing = report_existing(plan, [0, 1], results)
+    assert missing == ["rec seed 1"]
+    with open(files["runs.csv"]) as f:
+        assert len(list(csv.DictReader(f))) == 3

@@ -12,6 +12,7 @@ comparison.md/.csv, paired_tests.csv, runs.csv and pq_vs_steps.png to --results-
   python tools/compare.py                                  # default plan x 3 seeds
   python tools/compare.py --jobs 2 --seeds 0,1,2,3,4       # two runs at a time, 1 thread each
   python tools/compare.py --configs configs/Synthetic/panoptic_fpn_R_18.yaml,... [KEY VALUE ...]
+  python tools/compare.py --report-only                    # tables from the results so far
 """
 import argparse
 import os
@@ -19,6 +20,8 @@ import sys
 from dataclasses import replace
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The curves are what needs long-range grouping in the synthetic scenes.
+TESTED = ("PQ", "PQ_th", "PQ/curve")
 
 
 def parse_args(argv=None):
@@ -38,6 +41,11 @@ def parse_args(argv=None):
         default="curve",
         help="thing class whose crossing instances the mask head must tell apart ('' to skip)",
     )
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write the tables from the result files that exist; train nothing",
+    )
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for every config")
     return p.parse_args(argv)
 
@@ -48,6 +56,22 @@ def main(argv=None):
     from rpanoptic.data import SceneSpec, ensure_synthetic_dataset
     from rpanoptic.experiments import compare
 
+    if args.configs:
+        plan = compare.plan_from_configs([os.path.join(ROOT, c) for c in args.configs.split(",")])
+    else:
+        plan = [replace(e, config=os.path.join(ROOT, e.config)) for e in compare.DEFAULT_PLAN]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    results_dir = os.path.abspath(args.results_dir)
+    if args.report_only:
+        try:
+            files, missing = compare.report_existing(plan, seeds, results_dir, TESTED)
+        except RuntimeError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        print(open(files["comparison.md"]).read())
+        if missing:
+            print(f"{len(missing)} runs missing: {', '.join(missing)}")
+        return 0
     counts = {"train": args.train, "val": args.val}
     size = args.size or SceneSpec.size
     try:  # made once here, not by each run
@@ -55,23 +79,18 @@ def main(argv=None):
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.configs:
-        plan = compare.plan_from_configs([os.path.join(ROOT, c) for c in args.configs.split(",")])
-    else:
-        plan = [replace(e, config=os.path.join(ROOT, e.config)) for e in compare.DEFAULT_PLAN]
     launch = compare.launcher(
         args.iters, args.device, counts, size, args.grouping_category, args.opts, cwd=ROOT
     )
     try:
         files = compare.run_comparison(
             plan,
-            [int(s) for s in args.seeds.split(",")],
-            os.path.abspath(args.results_dir),
+            seeds,
+            results_dir,
             os.path.abspath(args.output_dir),
             launch,
             jobs=args.jobs,
-            # The curves are what needs long-range grouping in the synthetic scenes.
-            tested=("PQ", "PQ_th", "PQ/curve"),
+            tested=TESTED,
             log=lambda line: print(line, flush=True),
         )
     except RuntimeError as e:

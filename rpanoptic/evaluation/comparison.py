@@ -12,7 +12,15 @@ from scipy import stats
 
 from ..utils import pyplot
 
-__all__ = ["COUNTS", "METRICS", "COSTS", "summarize", "paired_tests", "write_comparison"]
+__all__ = [
+    "COUNTS",
+    "METRICS",
+    "COSTS",
+    "summarize",
+    "paired_tests",
+    "step_gains",
+    "write_comparison",
+]
 
 COUNTS = [1, 2, 3, 5, 10, 20, 30]  # inference steps swept for every recurrent model
 METRICS = ["PQ", "PQ_th", "PQ_st", "SQ", "RQ"]
@@ -83,6 +91,37 @@ def paired_tests(
                     "p": p,
                 }
             )
+    return rows
+
+
+def step_gains(results: List[Dict], metric: str = "PQ") -> List[Dict]:
+    """What running more inference steps buys each recurrent model, paired within each run:
+    ``metric`` at t = N (the trained step count) minus t = 1, and at t = 3N minus t = N.
+
+    Returns one row per (model, gain): ``model``, ``gain`` ("N - 1" or "3N - N"), ``n`` (runs
+    with both counts in their sweep), ``diff`` (mean), ``diff_sd`` and ``p`` (two-sided
+    one-sample t-test of the differences against 0; NaN for fewer than 2 runs or no spread).
+    """
+    rows = []
+    for model, runs in _by_model(results).items():
+        for label, pick in (("N - 1", lambda n: (n, 1)), ("3N - N", lambda n: (3 * n, n))):
+            d = []
+            for r in runs:
+                n = r.get("trained_timesteps", 0)
+                if not n or not r.get("sweep"):
+                    continue
+                hi, lo = (str(t) for t in pick(n))
+                if hi in r["sweep"] and lo in r["sweep"] and hi != lo:
+                    d.append(r["sweep"][hi][metric] - r["sweep"][lo][metric])
+            if not d:
+                continue
+            d = np.array(d, dtype=float)
+            p = float(stats.ttest_1samp(d, 0.0).pvalue) if len(d) > 1 and d.std() > 0 else np.nan
+            sd = float(d.std(ddof=1)) if len(d) > 1 else 0.0
+            rows.append(
+                {"model": model, "gain": label, "n": len(d), "diff": float(d.mean()),
+                 "diff_sd": sd, "p": p}
+            )  # fmt: skip
     return rows
 
 
@@ -216,6 +255,23 @@ def write_comparison(
             lines.append(
                 f"| {t['model']} | {t['baseline']} | {t['metric']} | {t['n']} | "
                 f"{t['diff']:+.1f} ± {t['diff_sd']:.1f} | {t['p']:.3f} |"
+            )
+        lines.append("")
+    gains = step_gains(results)
+    if gains:
+        files["step_gains.csv"] = os.path.join(out_dir, "step_gains.csv")
+        _write_csv(files["step_gains.csv"], gains)
+        lines += [
+            "What more inference steps buy (PQ at t = N minus t = 1, and at 3N minus N, within "
+            "each run; mean ± sd over seeds, two-sided t-test against 0):",
+            "",
+            "| model | gain | seeds | difference | p |",
+            "|---|---|---|---|---|",
+        ]
+        for g in gains:
+            lines.append(
+                f"| {g['model']} | {g['gain']} | {g['n']} | {g['diff']:+.2f} ± "
+                f"{g['diff_sd']:.2f} | {g['p']:.3f} |"
             )
         lines.append("")
     lines += _sweep_table(results, "PQ") + _sweep_table(results, "PQ_th")

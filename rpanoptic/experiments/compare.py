@@ -35,6 +35,7 @@ __all__ = [
     "describe",
     "plan_from_configs",
     "launcher",
+    "report_existing",
     "run_comparison",
     "run_plan",
     "summarize",
@@ -268,6 +269,29 @@ def run_comparison(
         )
     baselines = {e.name: e.baseline for e in plan}
     return write_comparison(results, results_dir, baselines, tuple(tested))
+
+
+def report_existing(
+    plan: Sequence[Entry],
+    seeds: Sequence[int],
+    results_dir: str,
+    tested: Sequence[str] = ("PQ", "PQ_th"),
+) -> Tuple[Dict[str, str], List[str]]:
+    """Write the tables and plots of the result files of ``plan`` x ``seeds`` that exist
+    (seed by seed, plan order), training nothing. Returns ({file name: path}, the
+    "<entry> seed <k>" runs still missing)."""
+    results, missing = [], []
+    for s in seeds:
+        for e in plan:
+            path = result_file(results_dir, e, s)
+            if os.path.isfile(path):
+                results.append(load_json(path))
+            else:
+                missing.append(f"{e.name} seed {s}")
+    if not results:
+        raise RuntimeError(f"no result file under {results_dir} for this plan and these seeds.")
+    baselines = {e.name: e.baseline for e in plan}
+    return write_comparison(results, results_dir, baselines, tuple(tested)), missing
 
 
 def load_json(path: str) -> Dict:
