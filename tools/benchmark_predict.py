@@ -5,7 +5,10 @@ images). Prints a table and writes a CSV.
 
   python tools/benchmark_predict.py --config-file configs/Synthetic/panoptic_rfpn_R_18_crbp.yaml \\
       --input datasets/synthetic_panoptic/val --images 22 --halt-tols 0.01,0.001 \\
-      --csv results/benchmarks/predict_speed_cpu.csv MODEL.WEIGHTS output/demo/model_final.pth
+      --csv results/benchmarks/predict_speed_cpu.csv --threads 1 \\
+      --baseline-config configs/Synthetic/panoptic_fpn_R_18.yaml \\
+      --baseline-weights output/compare/ff/seed0/model_final.pth \\
+      MODEL.WEIGHTS output/demo/model_final.pth MODEL.DEVICE cpu
 """
 import argparse
 import csv
@@ -28,6 +31,8 @@ def main(argv=None) -> int:
     p.add_argument("--halt-tols", default="0.01,0.001", help="halting tolerances to compare")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     p.add_argument("--csv", default="", help="where to write the table")
+    p.add_argument("--baseline-config", default="", help="also time this (feed-forward) config")
+    p.add_argument("--baseline-weights", default="", help="the baseline's weights")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="MODEL.WEIGHTS CKPT and KEY VALUE")
     args = p.parse_args(argv)
     if args.threads:
@@ -38,6 +43,10 @@ def main(argv=None) -> int:
     cfgs = {
         k: get_rpanoptic_cfg(args.config_file, list(args.opts) + v) for k, v in settings.items()
     }
+    if args.baseline_config:
+        device = ["MODEL.DEVICE", next(iter(cfgs.values())).MODEL.DEVICE]
+        weights = ["MODEL.WEIGHTS", args.baseline_weights]
+        cfgs["baseline"] = get_rpanoptic_cfg(args.baseline_config, weights + device)
     paths = expand_inputs(args.input)[: args.images]
     rows = predict_speed(cfgs, paths)
     device = next(iter(cfgs.values())).MODEL.DEVICE
