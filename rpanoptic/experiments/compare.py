@@ -181,22 +181,22 @@ def run_plan(
         and not os.path.isfile(checkpoint(by_name[e.init_from], s))
     }
     queue = [(e, s) for e, s in pending if not has_result(e, s) or (e.name, s) in needed]
-    running: Dict[Tuple[str, int], Tuple[subprocess.Popen, str]] = {}
-    start = time.time()
+    running: Dict[Tuple[str, int], Tuple[subprocess.Popen, str, float]] = {}
     while queue or running:
-        for (name, seed), (proc, folder) in list(running.items()):
+        for (name, seed), (proc, folder, started) in list(running.items()):
             if proc.poll() is None:
                 continue
             del running[(name, seed)]
             if proc.returncode != 0:
-                for other, _ in running.values():
+                for other, _, _ in running.values():
                     other.wait()
                 raise RuntimeError(
                     f"compare: {by_name[name].label} seed {seed} failed (exit "
                     f"{proc.returncode}); see {folder}/log.txt. Finished runs are kept: rerun "
                     "to resume."
                 )
-            log(f"  done: {by_name[name].label} seed {seed} ({(time.time() - start) / 60:.0f} min)")
+            minutes = (time.time() - started) / 60
+            log(f"  done: {by_name[name].label} seed {seed} ({minutes:.0f} min)")
         for entry, seed in list(queue):
             if len(running) >= max(1, jobs):
                 break
@@ -214,6 +214,7 @@ def run_plan(
             running[(entry.name, seed)] = (
                 launch(entry, seed, folder, target, init, threads),
                 folder,
+                time.time(),
             )
         if running:
             time.sleep(0.5)
