@@ -251,3 +251,9 @@ def test_report_from_existing_results_names_the_missing_runs(tmp_path):
     assert missing == ["rec seed 1"]
     with open(files["runs.csv"]) as f:
         assert len(list(csv.DictReader(f))) == 3
+
+
+def test_costs_are_medians_over_seeds():
+    runs = [dict(_fake("rec", s, 40.0), step_s=t) for s, t in enumerate([1.0, 1.1, 3.0])]
+    (row,) = summarize(runs)
+    assert row["step_s"] == pytest.approx(1.1)  # the slowed third run does not move it

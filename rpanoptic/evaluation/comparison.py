@@ -36,7 +36,8 @@ def _by_model(results: List[Dict]) -> Dict[str, List[Dict]]:
 
 def summarize(results: List[Dict]) -> List[Dict]:
     """One row per model, in first-seen order: each metric's mean and standard deviation over
-    seeds (``PQ``, ``PQ_sd``, ...; sd is 0 for one seed) and the costs' means."""
+    seeds (``PQ``, ``PQ_sd``, ...; sd is 0 for one seed) and the costs' medians over seeds (a
+    run slowed by other work on a shared machine does not move them)."""
     rows = []
     for model, runs in _by_model(results).items():
         row = {"model": model, "seeds": len(runs), "iters": runs[0]["iters"]}
@@ -44,7 +45,7 @@ def summarize(results: List[Dict]) -> List[Dict]:
             values = np.array([r[m] for r in runs], dtype=float)
             row[m], row[m + "_sd"] = values.mean(), values.std(ddof=1) if len(runs) > 1 else 0.0
         for c in COSTS:
-            row[c] = float(np.mean([r[c] for r in runs]))
+            row[c] = float(np.median([r[c] for r in runs]))
         rows.append(row)
     return rows
 
