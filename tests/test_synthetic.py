@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import uuid
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -23,7 +24,7 @@ from rpanoptic.data import (
     register_synthetic_panoptic,
     synthetic_paths,
 )
-from rpanoptic.data.synthetic_scene import CATEGORIES, CURVE
+from rpanoptic.data.synthetic_scene import CATEGORIES, CURVE, ELLIPSE, POLYGON
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "datasets", "prepare_synthetic_panoptic.py")
@@ -256,3 +257,53 @@ def test_default_scene_draws_are_pinned():
     benchmark's images fails here (update the digest only on purpose)."""
     image, ids, _ = make_scene(np.random.default_rng([0, 0, 0]), SceneSpec(size=96))
     assert hashlib.sha256(ids.tobytes()).hexdigest()[:12] == PINNED_IDS_DIGEST
+
+
+def _same_coloured_shape_pairs(image, ids, segments):
+    shapes = [s["id"] for s in segments if s["category_id"] in (ELLIPSE, POLYGON)]
+    colours = [np.median(image[ids == k], axis=0) for k in shapes]
+    return sum(np.abs(a - b).max() < 12 for j, a in enumerate(colours) for b in colours[j + 1 :])
+
+
+def test_curves_behind_and_shape_touch_are_knobs():
+    from rpanoptic.data.synthetic_scene import parse_scene
+
+    rng = lambda i: np.random.default_rng([13, i])  # noqa: E731
+    spec = SceneSpec(size=96, shapes=(4, 5))
+    touching = separate = 0
+    for i in range(10):
+        _, _, segments = make_scene(rng(i), SceneSpec(size=96, curves_behind=True))
+        things = [
+            s["category_id"] for s in segments if s["category_id"] in (CURVE, ELLIPSE, POLYGON)
+        ]
+        curve_first = [c == CURVE for c in things]
+        assert curve_first == sorted(curve_first, reverse=True), things  # back to front
+        touching += _same_coloured_shape_pairs(*make_scene(rng(i), replace(spec, shape_touch=1.0)))
+        separate += _same_coloured_shape_pairs(*make_scene(rng(i), replace(spec, shape_touch=0.0)))
+    assert touching >= 10 and separate == 0, (touching, separate)
+    assert parse_scene("shape_touch=0, curves_behind=1", 64) == SceneSpec(
+        size=64, shape_touch=0.0, curves_behind=True
+    )
+    with pytest.raises(ValueError, match=r"--scene 'curves=3'.*field=value for one of"):
+        parse_scene("curves=3")  # a range, not a scalar
+    with pytest.raises(ValueError, match=r"'maybe' is not a valid curves_behind"):
+        parse_scene("curves_behind=maybe")
+    with pytest.raises(ValueError, match="shape_touch=2.0 is invalid"):
+        parse_scene("shape_touch=2")
+
+
+def test_a_scene_variant_gets_its_own_folder(tmp_path, monkeypatch):
+    from rpanoptic.data.synthetic import ensure_synthetic_dataset
+
+    monkeypatch.setenv("RPANOPTIC_DATASETS", str(tmp_path))
+    counts = {"train": 1, "val": 1}
+    try:
+        plain = ensure_synthetic_dataset(counts, size=64)
+        variant = ensure_synthetic_dataset(counts, spec=SceneSpec(size=64, curves_behind=True))
+    finally:  # give the synthetic names back to the default dataset, as later tests expect
+        monkeypatch.delenv("RPANOPTIC_DATASETS")
+        register_synthetic_panoptic()
+    assert os.path.basename(plain) == "synthetic_panoptic"
+    assert os.path.basename(variant) == "synthetic_panoptic_curves_behindTrue"
+    with open(os.path.join(variant, "generator.json")) as f:
+        assert json.load(f)["spec"]["curves_behind"] is True

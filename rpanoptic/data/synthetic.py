@@ -293,14 +293,23 @@ def register_synthetic_panoptic(
 
 
 def ensure_synthetic_dataset(
-    counts: Dict[str, int], seed: int = 0, size: int = SceneSpec.size, root: str = ""
+    counts: Dict[str, int],
+    seed: int = 0,
+    size: int = SceneSpec.size,
+    root: str = "",
+    spec: Optional[SceneSpec] = None,
 ) -> str:
-    """Generate the synthetic dataset (``size`` px images) into ``root`` (default
-    ``<datasets>/synthetic_panoptic``) unless it is there with the same recipe (one made with
-    another recipe raises ValueError and is left as it is); registers it and returns its
-    folder."""
-    root = root or os.path.join(datasets_root(), FOLDER)
-    spec = SceneSpec(size=size)
+    """Generate the synthetic dataset (``size`` px images, or ``spec``'s scenes) into ``root``
+    unless it is there with the same recipe (one made with another recipe raises ValueError
+    and is left as it is); registers it and returns its folder. The default root is
+    ``<datasets>/synthetic_panoptic``, and ``synthetic_panoptic_<fields>`` for a ``spec`` that
+    differs from the default scenes in more than the size (so variants never overwrite it)."""
+    spec = spec or SceneSpec(size=size)
+    if not root:
+        default = dataclasses.asdict(SceneSpec(size=spec.size))
+        changed = [f"{k}{v}" for k, v in dataclasses.asdict(spec).items() if default[k] != v]
+        name = "_".join([FOLDER] + changed).replace(" ", "").replace("(", "").replace(")", "")
+        root = os.path.join(datasets_root(), name.replace(",", "-"))
     if generate_synthetic_panoptic(
         root, counts, seed=seed, spec=spec, workers=os.cpu_count() or 1, progress=True
     ):

@@ -19,6 +19,7 @@ A scene is built as labels first, then pixels:
 Everything is drawn from a ``numpy.random.Generator``, so a scene is a pure function of its seed.
 """
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Dict, List, Tuple
@@ -27,7 +28,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-__all__ = ["CATEGORIES", "SceneSpec", "make_scene", "segment_id"]
+__all__ = ["CATEGORIES", "SceneSpec", "make_scene", "parse_scene", "segment_id"]
 
 # COCO panoptic categories (things first, as in COCO). Colours are for visualisation only.
 CATEGORIES = [
@@ -55,6 +56,8 @@ class SceneSpec:
     curve_width: Tuple[float, float] = (0.03, 0.045)  # fraction of the image size
     curve_length: Tuple[float, float] = (0.7, 1.0)  # endpoint distance, fraction of the size
     curve_same_colour: float = 1.0  # probability that a curve has the image's curve colour
+    shape_touch: float = 0.35  # probability that a shape overlaps a same-coloured shape
+    curves_behind: bool = False  # draw every curve before the shapes (no shape is cut by one)
     shape_radius: Tuple[float, float] = (0.05, 0.13)  # fraction of the image size
     min_area: int = 24  # pixels; smaller visible things are removed
     noise: float = 6.0  # standard deviation of the sensor noise (0-255 scale)
@@ -70,6 +73,7 @@ class SceneSpec:
             "curve_length": 0 < self.curve_length[0] <= self.curve_length[1] <= 2,
             "shape_radius": 0 < self.shape_radius[0] <= self.shape_radius[1] < 0.5,
             "curve_same_colour": 0 <= self.curve_same_colour <= 1,
+            "shape_touch": 0 <= self.shape_touch <= 1,
             "min_area": self.min_area >= 1,
             "noise": self.noise >= 0,
         }
@@ -77,6 +81,30 @@ class SceneSpec:
             if not ok:
                 raise ValueError(f"synthetic scene: {name}={getattr(self, name)!r} is invalid")
         return self
+
+
+def parse_scene(text: str, size: int = SceneSpec.size) -> SceneSpec:
+    """A :class:`SceneSpec` of ``size`` px from "field=value,field=value" (scalar fields:
+    numbers and booleans); raises ValueError naming an unknown field or a bad value."""
+    fields = {f.name: f for f in dataclasses.fields(SceneSpec)}
+    values = {"size": size}
+    for item in [t for t in text.split(",") if t.strip()]:
+        name, _, raw = item.partition("=")
+        name, raw = name.strip(), raw.strip()
+        default = getattr(SceneSpec, name, None)
+        if name not in fields or isinstance(default, tuple) or not raw:
+            scalars = [n for n in fields if not isinstance(getattr(SceneSpec, n), tuple)]
+            raise ValueError(f"--scene {item!r}: give field=value for one of {', '.join(scalars)}")
+        try:
+            if isinstance(default, bool):
+                if raw.lower() not in ("0", "1", "true", "false"):
+                    raise ValueError(raw)
+                values[name] = raw.lower() in ("1", "true")
+            else:
+                values[name] = type(default)(float(raw)) if isinstance(default, int) else float(raw)
+        except ValueError:
+            raise ValueError(f"--scene {item!r}: {raw!r} is not a valid {name}") from None
+    return SceneSpec(**values).validate()
 
 
 def segment_id(category_id: int, index: int) -> int:
@@ -190,7 +218,7 @@ def _things(rng, spec: SceneSpec) -> List[dict]:
     for _ in range(int(rng.integers(spec.shapes[0], spec.shapes[1] + 1))):
         category = int(rng.choice([ELLIPSE, POLYGON]))
         shapes = [t for t in things if t["category"] != CURVE]
-        if shapes and rng.random() < 0.35:  # touch/overlap a same-coloured neighbour
+        if shapes and rng.random() < spec.shape_touch:  # touch/overlap a same-coloured neighbour
             other = shapes[int(rng.integers(len(shapes)))]
             ys, xs = np.nonzero(other["mask"])
             k = int(rng.integers(len(xs))) if len(xs) else 0
@@ -202,6 +230,8 @@ def _things(rng, spec: SceneSpec) -> List[dict]:
             dict(category=category, mask=_shape_mask(rng, spec, category, centre), colour=colour)
         )
     order = rng.permutation(len(things))
+    if spec.curves_behind:  # the same draws; only the depth order changes
+        order = sorted(order, key=lambda i: things[i]["category"] != CURVE)
     return [things[i] for i in order]
 
 

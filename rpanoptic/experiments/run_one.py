@@ -20,7 +20,7 @@ from detectron2.data import build_detection_test_loader
 
 from ..data.panoptic import standard_dataset
 from ..data.synthetic import ensure_synthetic_dataset
-from ..data.synthetic_scene import SceneSpec
+from ..data.synthetic_scene import SceneSpec, parse_scene
 from ..engine.setup import check_resumable, get_rpanoptic_cfg
 from ..evaluation.comparison import COUNTS, METRICS
 from ..evaluation.grouping import instance_grouping
@@ -219,6 +219,11 @@ def parse_args(argv=None):
     p.add_argument("--train", type=int, default=400, help="synthetic training images")
     p.add_argument("--val", type=int, default=50, help="synthetic validation images")
     p.add_argument("--size", type=int, default=SceneSpec.size, help="synthetic image size")
+    p.add_argument(
+        "--scene",
+        default="",
+        help="synthetic scene fields, e.g. shape_touch=0,curves_behind=1 (another dataset folder)",
+    )
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return p.parse_args(argv)
 
@@ -227,7 +232,8 @@ def main(argv=None) -> int:
     import rpanoptic  # noqa: F401  (registers rpanoptic's components and the synthetic datasets)
 
     args = parse_args(argv)
-    ensure_synthetic_dataset({"train": args.train, "val": args.val}, size=args.size)
+    spec = parse_scene(args.scene, args.size)
+    ensure_synthetic_dataset({"train": args.train, "val": args.val}, spec=spec)
     run_one(
         args.config_file,
         args.seed,
