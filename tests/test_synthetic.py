@@ -284,8 +284,19 @@ def test_curves_behind_and_shape_touch_are_knobs():
     assert parse_scene("shape_touch=0, curves_behind=1", 64) == SceneSpec(
         size=64, shape_touch=0.0, curves_behind=True
     )
-    with pytest.raises(ValueError, match=r"--scene 'curves=3'.*field=value for one of"):
+    assert parse_scene("curves=2:3,curve_width=0.08:0.11", 64) == SceneSpec(
+        size=64, curves=(2, 3), curve_width=(0.08, 0.11)
+    )
+    with pytest.raises(ValueError, match=r"'3' is not a valid curves low:high range"):
         parse_scene("curves=3")  # a range, not a scalar
+    with pytest.raises(ValueError, match=r"'2:3.5' is not a valid curves low:high range"):
+        parse_scene("curves=2:3.5")
+    with pytest.raises(ValueError, match=r"curve_width=\(0.2, 0.1\) is invalid"):
+        parse_scene("curve_width=0.2:0.1")
+    with pytest.raises(ValueError, match=r"--scene 'size=64'.*field=value"):
+        parse_scene("size=64")  # the size has its own flag
+    with pytest.raises(ValueError, match=r"--scene 'wobble=1'.*field=value"):
+        parse_scene("wobble=1")
     with pytest.raises(ValueError, match=r"'maybe' is not a valid curves_behind"):
         parse_scene("curves_behind=maybe")
     with pytest.raises(ValueError, match="shape_touch=2.0 is invalid"):

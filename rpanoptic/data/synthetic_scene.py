@@ -84,26 +84,37 @@ class SceneSpec:
 
 
 def parse_scene(text: str, size: int = SceneSpec.size) -> SceneSpec:
-    """A :class:`SceneSpec` of ``size`` px from "field=value,field=value" (scalar fields:
-    numbers and booleans); raises ValueError naming an unknown field or a bad value."""
+    """A :class:`SceneSpec` of ``size`` px from "field=value,field=value": numbers and booleans
+    for scalar fields, "low:high" for ranges (e.g. ``curves=2:3,curve_width=0.08:0.11``);
+    raises ValueError naming an unknown field or a bad value."""
     fields = {f.name: f for f in dataclasses.fields(SceneSpec)}
     values = {"size": size}
     for item in [t for t in text.split(",") if t.strip()]:
         name, _, raw = item.partition("=")
         name, raw = name.strip(), raw.strip()
-        default = getattr(SceneSpec, name, None)
-        if name not in fields or isinstance(default, tuple) or not raw:
-            scalars = [n for n in fields if not isinstance(getattr(SceneSpec, n), tuple)]
-            raise ValueError(f"--scene {item!r}: give field=value for one of {', '.join(scalars)}")
+        if name not in fields or name == "size" or not raw:
+            known = ", ".join(n for n in fields if n != "size")
+            raise ValueError(
+                f"--scene {item!r}: give field=value (low:high for a range) for one of {known}"
+            )
+        default = getattr(SceneSpec, name)
         try:
-            if isinstance(default, bool):
+            if isinstance(default, tuple):
+                low, sep, high = raw.partition(":")
+                pair = (float(low), float(high)) if sep else ()
+                kind = type(default[0])
+                if not pair or (kind is int and any(v != int(v) for v in pair)):
+                    raise ValueError(raw)
+                values[name] = tuple(kind(v) for v in pair)
+            elif isinstance(default, bool):
                 if raw.lower() not in ("0", "1", "true", "false"):
                     raise ValueError(raw)
                 values[name] = raw.lower() in ("1", "true")
             else:
                 values[name] = type(default)(float(raw)) if isinstance(default, int) else float(raw)
         except ValueError:
-            raise ValueError(f"--scene {item!r}: {raw!r} is not a valid {name}") from None
+            form = "low:high range" if isinstance(default, tuple) else "value"
+            raise ValueError(f"--scene {item!r}: {raw!r} is not a valid {name} {form}") from None
     return SceneSpec(**values).validate()
 
 

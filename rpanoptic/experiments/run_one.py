@@ -222,7 +222,8 @@ def parse_args(argv=None):
     p.add_argument(
         "--scene",
         default="",
-        help="synthetic scene fields, e.g. shape_touch=0,curves_behind=1 (another dataset folder)",
+        help="synthetic scene fields, e.g. shape_touch=0,curves_behind=1 or curves=2:3 for a range "
+        "(another dataset folder)",
     )
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return p.parse_args(argv)
