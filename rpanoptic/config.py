@@ -33,6 +33,9 @@ def add_rpanoptic_config(cfg: CN) -> CN:
     cfg.MODEL.RECURRENT.HALT_TOL = 0.0
     # Raise FloatingPointError naming the layer and step when a state becomes non-finite.
     cfg.MODEL.RECURRENT.CHECK_FINITE = True
+    # Run the steps that build no graph through torch.compile (faster after a first call that
+    # compiles; on a CPU it needs a C++ compiler; falls back to eager with a warning).
+    cfg.MODEL.RECURRENT.COMPILE = False
     # Learning-rate multiplier of the recurrent cells' parameters (the optimizer's group lr).
     cfg.MODEL.RECURRENT.LR_FACTOR = 1.0
     # Log recurrence diagnostics (residual, spectral radius, ...) every this many iters; 0: never.

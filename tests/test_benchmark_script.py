@@ -58,3 +58,37 @@ def test_benchmark_writes_results(tmp_path):
     assert set(next(iter(goals.values()))) == {"target", "value", "limit", "met"}
     assert "bptt train memory N=2 / N=1" in goals
     assert (tmp_path / "memory_vs_steps.png").stat().st_size > 0
+
+
+def test_the_engine_benchmarks_reference_crbp_is_the_same_gradient():
+    """tools/benchmark_recurrence.py times "crbp_ref" (C-RBP organised as the authors' code:
+    graphs kept from the forward pass, the Neumann sum in a hook). It is a fair comparator only
+    if it computes the same gradient as Recurrence(grad="crbp"): checked in float64."""
+    import importlib.util
+
+    import torch
+
+    from rpanoptic.recurrence import HGRUCell, Recurrence
+
+    path = os.path.join(ROOT, "tools", "benchmark_recurrence.py")
+    spec = importlib.util.spec_from_file_location("benchmark_recurrence", path)
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    try:
+        bench = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(bench)
+    finally:
+        sys.path.remove(os.path.join(ROOT, "tools"))
+    torch.manual_seed(0)
+    cell = HGRUCell(8, gn_groups=4, timesteps=6).double()
+    rec = Recurrence(cell, 6, grad="crbp", neumann_steps=7).train()
+    x = torch.randn(2, 8, 5, 5, dtype=torch.float64)
+    grads = []
+    for forward in (lambda x: bench.reference_crbp(rec, x), lambda x: (rec(x), rec.lcp)):
+        cell.zero_grad()
+        xx = x.clone().requires_grad_()
+        h, lcp = forward(xx)
+        assert lcp.item() > 0  # the penalty is active, so its double backward is compared too
+        (h.square().mean() + 10 * lcp).backward()
+        grads.append([xx.grad] + [p.grad.clone() for p in cell.parameters()])
+    for ref, ours in zip(*grads):
+        torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-12)

@@ -20,6 +20,7 @@ pytestmark = pytest.mark.usefixtures("event_storage")
         ("MODEL.RECURRENT.LCP_TAU", 0.0, r"LCP_TAU = 0.0.*0 < value < 1"),
         ("MODEL.RECURRENT.LCP_TAU", 1.0, r"LCP_TAU = 1.0.*0 < value < 1"),
         ("MODEL.RECURRENT.HALT_TOL", -1.0, r"HALT_TOL = -1.0"),
+        ("MODEL.RECURRENT.COMPILE", "yes", r"False vs. yes.*MODEL.RECURRENT.COMPILE"),
         ("MODEL.HGRU.NORM", "LN", r"MODEL.HGRU.NORM = 'LN'.*'GN'"),
         ("MODEL.HGRU.NONLINEARITY", "gelu", r"NONLINEARITY = 'gelu'.*'softplus'"),
         ("MODEL.HGRU.KERNEL_SIZE", 4, r"KERNEL_SIZE = 4.*odd"),

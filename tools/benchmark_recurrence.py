@@ -1,9 +1,14 @@
 #!/usr/bin/env python
 """Benchmark the recurrence engine: memory and time of one training step against N and the mode.
 
-For each input shape (a mask-head batch of RoIs and an FPN level), each learning mode
-(bptt, cbptt, rbp, crbp) and each N it measures, for one training step of an hGRU recurrence
-(forward, loss = mean(h^2) + LCP, backward):
+For each input shape (a mask-head batch of RoIs and an FPN level), each learning mode and each
+N it measures, for one training step of an hGRU recurrence (forward, loss = mean(h^2) + LCP,
+backward). The modes are bptt, cbptt, rbp, crbp; "rbp+compile" and "crbp+compile" (the
+graph-free steps through torch.compile, ``Recurrence(compile_steps=True)``; compiled in a
+warm-up step at the full shape, not timed); and "crbp_ref", C-RBP as the authors' code
+organises it, for comparison: the last step's graph and the penalty's double-backward graph are
+kept from the forward pass, and a hook on h_N replaces its gradient by the Neumann sum through
+that graph (no recomputation, more memory). It records:
 
 - saved_mb: the graph kept for backward at the end of the forward pass (unique non-parameter
   storages, ``SavedTensorMeter``);
@@ -27,18 +32,29 @@ import time
 
 from _bench_common import peak_rss_mb, run_configurations, save_tables
 
-SHAPES = {"mask": (32, 256, 14, 14), "fpn": (2, 256, 64, 64)}
+SHAPES = {"mask": (32, 256, 14, 14), "mask8": (8, 256, 14, 14), "fpn": (2, 256, 64, 64)}
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--steps", default="1,2,3,5,10,20,40", help="values of N")
-    p.add_argument("--grads", default="bptt,cbptt,rbp,crbp", help="learning modes")
+    p.add_argument(
+        "--grads",
+        default="bptt,cbptt,rbp,crbp",
+        help="learning modes: bptt, cbptt, rbp, crbp, rbp+compile, crbp+compile, crbp_ref",
+    )
     p.add_argument("--shapes", default="mask,fpn", help=f"any of {','.join(SHAPES)}")
     p.add_argument("--neumann-steps", type=int, default=15, help="K")
     p.add_argument("--repeats", type=int, default=3, help="timed steps per configuration")
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
     p.add_argument("--norm", default="GN")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads per configuration (0: torch's default); 1 on a machine shared with "
+        "other jobs, where OpenMP threads that wait for a busy core distort the timings",
+    )
     p.add_argument("--output-dir", default="output/benchmark_recurrence")
     return p.parse_args(argv)
 
@@ -54,6 +70,36 @@ def _rss_mb():
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def reference_crbp(rec, x):
+    """C-RBP organised as the authors' code does it: N - 1 steps without a graph, the last one
+    with its graph and the penalty's double-backward graph kept until backward, and a hook on
+    h_N that turns the incoming gradient v into sum_k v J^k through the kept graph. Same
+    gradient as ``Recurrence(grad="crbp")`` (up to rounding); returns (h_N, lcp)."""
+    import torch
+
+    from rpanoptic.recurrence import lcp_penalty
+
+    cell = rec.cell
+    with torch.no_grad():
+        h = torch.zeros_like(x)
+        for _ in range(rec.timesteps - 1):
+            h = cell(x, h)
+    h_prev = h.detach().requires_grad_()
+    h_last = cell(x, h_prev)
+    lcp = lcp_penalty(h_last, h_prev, rec.lcp_tau, rec.lcp_reduction)
+
+    def neumann(v):
+        handle.remove()  # the products below run backward from h_last: no hook there
+        total, term = v, v
+        for _ in range(rec.neumann_steps):
+            (term,) = torch.autograd.grad(h_last, h_prev, term, retain_graph=True)
+            total = total + term
+        return total
+
+    handle = h_last.register_hook(neumann)
+    return h_last, lcp
+
+
 def measure(shape_name, grad, timesteps, args):
     """One configuration (runs in its own process on CPU). Returns a result row."""
     import torch
@@ -62,18 +108,33 @@ def measure(shape_name, grad, timesteps, args):
     from rpanoptic.recurrence.memory import HostSyncCounter, SavedTensorMeter
 
     torch.manual_seed(0)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     b, c, h, w = SHAPES[shape_name]
     cell = HGRUCell(c, norm=args.norm, timesteps=timesteps).to(device)
-    rec = Recurrence(cell, timesteps, grad=grad, neumann_steps=args.neumann_steps).train()
+    mode, _, variant = grad.partition("+")
+    rec = Recurrence(
+        cell,
+        timesteps,
+        grad="crbp" if mode == "crbp_ref" else mode,
+        neumann_steps=args.neumann_steps,
+        compile_steps=variant == "compile",
+    ).train()
+
+    def forward(x):
+        if mode == "crbp_ref":
+            return reference_crbp(rec, x)
+        out = rec(x)
+        return out, rec.lcp
 
     def step(x, meter=None, counter=None):
         if meter is None:
-            out = rec(x)
+            out, lcp = forward(x)
         else:
             with meter:
-                out = rec(x)
-        loss = out.square().mean() + (rec.lcp if rec.lcp is not None else 0)
+                out, lcp = forward(x)
+        loss = out.square().mean() + (lcp if lcp is not None else 0)
         saved = meter.bytes() if meter is not None else 0
         if counter is None:
             loss.backward()
@@ -88,6 +149,11 @@ def measure(shape_name, grad, timesteps, args):
 
     step(torch.randn(1, c, 8, 8, device=device, requires_grad=True))  # load kernels, small
     x = torch.randn(b, c, h, w, device=device, requires_grad=True)
+    if variant == "compile":  # compile at this shape (train and eval) before measuring
+        step(x)
+        with torch.no_grad():
+            rec.eval()(x)
+        rec.train()
     sync()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -183,10 +249,33 @@ def check_targets(rows):
                 0.5,
                 "below one BPTT step",
             )
-    c20, b20 = _find(rows, "mask", "crbp", 20), _find(rows, "mask", "bptt", 20)
-    if c20 and b20:
-        add("mask: crbp step time / bptt step time, N=20", c20["step_ms"] / b20["step_ms"], 0.6, "")
-    implicit = [r["syncs"] for r in rows if r["grad"] in ("rbp", "crbp")]
+    for shape in ("mask", "mask8"):
+        b20, ref20 = _find(rows, shape, "bptt", 20), _find(rows, shape, "crbp_ref", 20)
+        for grad in ("crbp", "crbp+compile"):
+            c20 = _find(rows, shape, grad, 20)
+            if c20 and b20:
+                add(
+                    f"{shape}: {grad} step / bptt step, N=20",
+                    c20["step_ms"] / b20["step_ms"],
+                    0.6,
+                    "",
+                )
+            if c20 and ref20:
+                add(
+                    f"{shape}: {grad} step / crbp_ref step, N=20",
+                    c20["step_ms"] / ref20["step_ms"],
+                    0.8,
+                    "against C-RBP organised as the authors' code",
+                )
+            b1 = _find(rows, shape, "bptt", 1)
+            if c20 and b1:
+                add(
+                    f"{shape}: {grad} saved N=20 / bptt N=1",
+                    c20["saved_mb"] / b1["saved_mb"],
+                    0.2,
+                    "memory kept for backward",
+                )
+    implicit = [r["syncs"] for r in rows if r["grad"].split("+")[0] in ("rbp", "crbp")]
     if implicit:
         add("host syncs in rbp/crbp backward (max)", max(implicit), 0, "none in the Neumann loop")
     return out

@@ -26,6 +26,7 @@ from torch import nn
 
 from ._batch import batch_coupled, expand_as, frozen_running_stats, group_norm
 from .arguments import Rule, at_least, check_arguments, is_number, one_of
+from .compiled import CompiledStep
 from .controls import RecurrenceControls
 from .lcp import LCP_REDUCTIONS, lcp_penalty
 from .rbp import ImplicitStep, ImplicitStepOptions
@@ -51,7 +52,7 @@ def _unroll_implicit(rec: "Recurrence", x: torch.Tensor, h: torch.Tensor) -> Ste
     """rbp / crbp: N - 1 steps without a graph, the last one differentiated by RBP."""
     with torch.no_grad():
         for _ in range(rec.timesteps - 1):
-            h = rec.cell(x, h)
+            h = rec.step_without_graph(x, h)
     options = ImplicitStepOptions(
         neumann_steps=rec.neumann_steps,
         rtol=rec.neumann_rtol,
@@ -86,6 +87,7 @@ ARGUMENTS: Dict[str, Rule] = {
     "halt_tol": Rule(lambda v: is_number(v) and v >= 0, "a number >= 0 (0 disables halting)"),
     "neumann_rtol": Rule(lambda v: is_number(v) and 0 <= v < 1, "0 <= value < 1"),
     "lcp_reduction": one_of(LCP_REDUCTIONS),
+    "compile_steps": Rule(lambda v: isinstance(v, bool), "True or False"),
 }
 """The rules of :class:`Recurrence`'s arguments (also applied to the config keys behind them)."""
 
@@ -108,6 +110,10 @@ class Recurrence(RecurrenceControls, nn.Module):
         lcp_reduction: "sum" (the authors' panoptic code) or "mean" of the penalty over the
             state's elements (see ``lcp.py``).
         name: how errors and logs name the layer (rpanoptic's models pass its module path).
+        compile_steps: run the steps that build no graph (the N - 1 steps before the implicit
+            one in rbp/crbp, and inference) through ``torch.compile`` (see ``compiled.py``):
+            same values, faster after a first call that compiles; eager with a warning when
+            compilation fails.
 
     After a training forward in "cbptt"/"crbp", ``lcp`` holds the penalty (a scalar tensor in the
     graph); otherwise it is None. After any forward, ``steps`` holds the steps taken per sample,
@@ -129,6 +135,7 @@ class Recurrence(RecurrenceControls, nn.Module):
         check_finite: bool = True,
         lcp_reduction: str = "sum",
         name: str = "recurrence",
+        compile_steps: bool = False,
     ):
         super().__init__()
         check_arguments(
@@ -142,6 +149,7 @@ class Recurrence(RecurrenceControls, nn.Module):
             halt_tol=halt_tol,
             neumann_rtol=neumann_rtol,
             lcp_reduction=lcp_reduction,
+            compile_steps=compile_steps,
         )
         self.cell = cell
         self.lcp_reduction = lcp_reduction
@@ -150,12 +158,20 @@ class Recurrence(RecurrenceControls, nn.Module):
         self.neumann_rtol = float(neumann_rtol)
         self.check_finite = bool(check_finite)
         self.name = str(name)
+        self.compile_steps = compile_steps
+        self._compiled_step = CompiledStep(cell, self.name) if compile_steps else None
         self.lcp: Optional[torch.Tensor] = None
         self.steps: Optional[torch.Tensor] = None
 
     def _check_setting(self, key: str, value) -> None:
         """Validate a setting that :meth:`using` may change."""
         check_arguments("Recurrence", ARGUMENTS, **{key: value})
+
+    def step_without_graph(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """One step of the cell where no graph is built (compiled when ``compile_steps``)."""
+        if self._compiled_step is None:
+            return self.cell(x, h)
+        return self._compiled_step(x, h)
 
     @property
     def constrained(self) -> bool:
@@ -228,7 +244,7 @@ class Recurrence(RecurrenceControls, nn.Module):
         coupled = batch_coupled(self.cell)
         saved = {}
         for t in range(1, limit + 1):
-            h_next = self.cell(x, h)
+            h_next = self.step_without_graph(x, h)
             if self.halt_tol > 0:
                 change = group_norm(h_next - h, coupled) / group_norm(h, coupled).clamp_min(1e-12)
                 h = torch.where(expand_as(active, h), h_next, h)
@@ -270,4 +286,5 @@ class Recurrence(RecurrenceControls, nn.Module):
             f"timesteps={self.timesteps}, grad={self.grad!r}, neumann_steps={self.neumann_steps}, "
             f"lcp_tau={self.lcp_tau}, lcp_reduction={self.lcp_reduction!r}, "
             f"test_timesteps={self.test_timesteps}, halt_tol={self.halt_tol}"
+            + (", compile_steps=True" if self.compile_steps else "")
         )
