@@ -53,3 +53,13 @@ def test_divergence_names_layer_and_step():
         cell.w_exc.mul_(1e30)
     with pytest.raises(FloatingPointError, match=r"backbone.rfpn.p4.recurrence.*step 1 of 3"):
         model(fake_batch(1))
+
+
+def test_compile_key_reaches_every_recurrent_layer():
+    from rpanoptic.modeling.recurrence import recurrent_layers
+
+    layers = recurrent_layers(build_model(tiny_cfg(RFPN, "MODEL.RECURRENT.COMPILE", True)))
+    assert layers and all(rec.compile_steps for rec in layers.values())
+    assert all(rec._compiled_step.name == name for name, rec in layers.items())
+    plain = recurrent_layers(build_model(tiny_cfg(RFPN)))
+    assert not any(rec.compile_steps for rec in plain.values())
