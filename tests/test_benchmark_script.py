@@ -21,6 +21,7 @@ COLUMNS = [
     "train_step_ms",
     "train_peak_mb",
     "infer_img_s",
+    "infer_steps",
 ]
 
 
@@ -64,20 +65,11 @@ def test_the_engine_benchmarks_reference_crbp_is_the_same_gradient():
     """tools/benchmark_recurrence.py times "crbp_ref" (C-RBP organised as the authors' code:
     graphs kept from the forward pass, the Neumann sum in a hook). It is a fair comparator only
     if it computes the same gradient as Recurrence(grad="crbp"): checked in float64."""
-    import importlib.util
-
     import torch
 
     from rpanoptic.recurrence import HGRUCell, Recurrence
 
-    path = os.path.join(ROOT, "tools", "benchmark_recurrence.py")
-    spec = importlib.util.spec_from_file_location("benchmark_recurrence", path)
-    sys.path.insert(0, os.path.join(ROOT, "tools"))
-    try:
-        bench = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(bench)
-    finally:
-        sys.path.remove(os.path.join(ROOT, "tools"))
+    bench = _load_tool("benchmark_recurrence")
     torch.manual_seed(0)
     cell = HGRUCell(8, gn_groups=4, timesteps=6).double()
     rec = Recurrence(cell, 6, grad="crbp", neumann_steps=7).train()
@@ -92,3 +84,55 @@ def test_the_engine_benchmarks_reference_crbp_is_the_same_gradient():
         grads.append([xx.grad] + [p.grad.clone() for p in cell.parameters()])
     for ref, ours in zip(*grads):
         torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-12)
+
+
+def _load_tool(name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", f"{name}.py"))
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    try:
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(os.path.join(ROOT, "tools"))
+    return module
+
+
+def test_the_model_suite_lists_every_model_against_the_feed_forward_one():
+    import pytest
+
+    bench = _load_tool("benchmark")
+    with pytest.raises(SystemExit):
+        bench.parse_args([])  # neither --config-file nor --suite
+    args = bench.parse_args(["--suite", "synthetic", "MODEL.RECURRENT.NEUMANN_STEPS", "5"])
+    assert (args.image_size, args.batch) == (160, 4)
+    tasks = {label: (config, opts) for label, config, opts in bench.configurations(args)}
+    assert list(tasks)[0] == "ff" and len(tasks) == 8
+    assert tasks["ff"][1] == []  # the baseline drops the recurrent-only override
+    assert tasks["rfpn_bptt5"][1][-4:] == [
+        "MODEL.RECURRENT.GRAD",
+        "bptt",
+        "MODEL.RECURRENT.TIMESTEPS",
+        "5",
+    ]
+    assert tasks["rfpn_crbp10_compile"][1][-2:] == ["MODEL.RECURRENT.COMPILE", "True"]
+    for config, _ in tasks.values():
+        assert os.path.isfile(config), config
+    coco = bench.configurations(bench.parse_args(["--suite", "coco"]))
+    assert all(os.path.isfile(config) for _, config, _ in coco)
+
+    rows = [
+        {"model": "ff", "train_step_ms": 100.0, "infer_img_s": 10.0},
+        {"model": "rfpn_crbp10", "train_step_ms": 150.0, "infer_img_s": 8.0},
+        {"model": "rfpn_crbp10_halt", "train_step_ms": 150.0, "infer_img_s": 9.0},
+    ]
+    goals = {g["target"]: g for g in bench.suite_targets(rows)}
+    assert rows[1]["train_vs_ff"] == 1.5 and rows[1]["infer_vs_ff"] == 1.25
+    assert goals["rfpn_crbp10 train time / ff"]["met"] is False  # 1.5 > 1.3
+    assert goals["rfpn_crbp10_halt infer time / ff"] == {
+        "target": "rfpn_crbp10_halt infer time / ff",
+        "value": 1.111,
+        "limit": "<= 1.2",
+        "met": True,
+    }

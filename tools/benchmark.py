@@ -13,9 +13,15 @@ overrides say otherwise, as a random ResNet with FrozenBN overflows.
   python tools/benchmark.py --config-file configs/COCO-PanopticSegmentation/<name>.yaml
   python tools/benchmark.py --config-file ... --steps 1,3,5,10,20,40 --grad bptt,crbp [KEY VALUE]
 
+  python tools/benchmark.py --suite synthetic      # or: --suite coco
+
 The second form sweeps MODEL.RECURRENT.TIMESTEPS x GRAD (the paper's memory-vs-steps
-comparison). Prints a table and the goal ratios; writes results.csv, targets.csv and
-memory_vs_steps.png to --output-dir.
+comparison). The third measures a fixed list of models (``SUITES``: feed-forward, RFPN BPTT-3/5,
+RFPN C-RBP-10/20, C-RBP-10 with compiled steps and with halting at inference, the recurrent mask
+head C-RBP-10) in one table, with each model's training-step time and inference time as ratios
+to the feed-forward model's and the mean steps its recurrent layers took at inference. Prints a
+table and the goal ratios; writes results.csv, targets.csv and memory_vs_steps.png (a sweep) to
+--output-dir.
 """
 import argparse
 import contextlib
@@ -31,12 +37,66 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASELINE = "configs/COCO-PanopticSegmentation/panoptic_fpn_R_50_1x.yaml"
 RECURRENT_KEYS = ("MODEL.RECURRENT.", "MODEL.HGRU.", "MODEL.RFPN.")  # dropped for the baseline
 LIMITS = {"<=": operator.le, ">": operator.gt}
+_SYN, _COCO = "configs/Synthetic/", "configs/COCO-PanopticSegmentation/"
+_BPTT, _N = "MODEL.RECURRENT.GRAD bptt MODEL.RECURRENT.TIMESTEPS", "MODEL.RECURRENT.TIMESTEPS"
+SUITES = {  # name -> (image size, batch, [(label, config, overrides)]); the first is the baseline
+    "synthetic": (
+        160,
+        4,
+        [
+            ("ff", _SYN + "panoptic_fpn_R_18.yaml", ""),
+            ("rfpn_bptt3", _SYN + "panoptic_rfpn_R_18_crbp.yaml", f"{_BPTT} 3"),
+            ("rfpn_bptt5", _SYN + "panoptic_rfpn_R_18_crbp.yaml", f"{_BPTT} 5"),
+            ("rfpn_crbp10", _SYN + "panoptic_rfpn_R_18_crbp.yaml", ""),
+            ("rfpn_crbp20", _SYN + "panoptic_rfpn_R_18_crbp.yaml", f"{_N} 20"),
+            (
+                "rfpn_crbp10_compile",
+                _SYN + "panoptic_rfpn_R_18_crbp.yaml",
+                "MODEL.RECURRENT.COMPILE True",
+            ),
+            (
+                "rfpn_crbp10_halt",
+                _SYN + "panoptic_rfpn_R_18_crbp.yaml",
+                "MODEL.RECURRENT.HALT_TOL 0.01",
+            ),
+            ("rmask_crbp10", _SYN + "panoptic_rmask_R_18_crbp.yaml", ""),
+        ],
+    ),
+    "coco": (
+        512,
+        2,
+        [
+            ("ff", _COCO + "panoptic_fpn_R_50_1x.yaml", ""),
+            ("rfpn_bptt3", _COCO + "panoptic_rfpn_R_50_crbp20_1x.yaml", f"{_BPTT} 3"),
+            ("rfpn_bptt5", _COCO + "panoptic_rfpn_R_50_crbp20_1x.yaml", f"{_BPTT} 5"),
+            ("rfpn_crbp10", _COCO + "panoptic_rfpn_R_50_crbp20_1x.yaml", f"{_N} 10"),
+            ("rfpn_crbp20", _COCO + "panoptic_rfpn_R_50_crbp20_1x.yaml", ""),
+            (
+                "rfpn_crbp10_compile",
+                _COCO + "panoptic_rfpn_R_50_crbp20_1x.yaml",
+                f"{_N} 10 MODEL.RECURRENT.COMPILE True",
+            ),
+            (
+                "rfpn_crbp10_halt",
+                _COCO + "panoptic_rfpn_R_50_crbp20_1x.yaml",
+                f"{_N} 10 MODEL.RECURRENT.HALT_TOL 0.01",
+            ),
+            ("rmask_crbp10", _COCO + "panoptic_rmask_R_50_crbp20_1x.yaml", f"{_N} 10"),
+        ],
+    ),
+}
 
 
 def parse_args(argv=None):
     """The command line (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--config-file", required=True, help="the (recurrent) config to measure")
+    p.add_argument("--config-file", default="", help="the (recurrent) config to measure")
+    p.add_argument(
+        "--suite",
+        default="",
+        choices=["", *SUITES],
+        help="measure a fixed list of models instead (sets --image-size and --batch)",
+    )
     p.add_argument("--baseline-config", default=os.path.join(ROOT, BASELINE))
     p.add_argument("--steps", default="", help="values of MODEL.RECURRENT.TIMESTEPS to sweep")
     p.add_argument("--grad", default="", help="values of MODEL.RECURRENT.GRAD to sweep")
@@ -47,7 +107,12 @@ def parse_args(argv=None):
     p.add_argument("--device", default="", help="default: cuda when available, else cpu")
     p.add_argument("--output-dir", default="output/benchmark")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if bool(args.config_file) == bool(args.suite):
+        p.error("give either --config-file or --suite")
+    if args.suite:
+        args.image_size, args.batch, _ = SUITES[args.suite]
+    return args
 
 
 def synthetic_batch(n, size, num_classes, num_stuff, device, seed=0):
@@ -128,6 +193,7 @@ def measure(label, config_file, opts, args):
         model.eval()
         with torch.no_grad():
             model(batch[:1])
+        return [layer.steps.float().mean().item() for layer in layers if layer.steps.numel()]
 
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -139,6 +205,7 @@ def measure(label, config_file, opts, args):
     peak = (torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_mb()) - base
     step = timed(train_step, args.warmup, args.iters, sync)
     inference = timed(infer, args.warmup, args.iters, sync)
+    steps = infer()
     return {
         "model": label,
         "grad": cfg.MODEL.RECURRENT.GRAD if layers else "-",
@@ -148,6 +215,7 @@ def measure(label, config_file, opts, args):
         "train_step_ms": round(1000 * step, 1),
         "train_peak_mb": round(peak, 1),
         "infer_img_s": round(1.0 / inference, 3),
+        "infer_steps": round(sum(steps) / len(steps), 2) if steps else 0,
     }
 
 
@@ -161,6 +229,15 @@ def configurations(args):
     """(label, config file, overrides) for the baseline, then each recurrent setting."""
     if len(args.opts) % 2:
         raise ValueError(f"Overrides must be KEY VALUE pairs, got {args.opts}")
+    if args.suite:
+        return [
+            (
+                (label, os.path.join(ROOT, config), [*baseline_opts(args.opts), *extra.split()])
+                if i == 0
+                else (label, os.path.join(ROOT, config), [*args.opts, *extra.split()])
+            )
+            for i, (label, config, extra) in enumerate(SUITES[args.suite][2])
+        ]
     tasks = [("baseline", args.baseline_config, baseline_opts(args.opts))]
     name = os.path.splitext(os.path.basename(args.config_file))[0]
     grads = [["MODEL.RECURRENT.GRAD", g] for g in args.grad.split(",") if g] or [[]]
@@ -169,6 +246,25 @@ def configurations(args):
         for n in steps:
             tasks.append((name, args.config_file, [*args.opts, *grad, *n]))
     return tasks
+
+
+def suite_targets(rows):
+    """Each model's training and inference time as ratios to the first row's (the feed-forward
+    model's), added to the rows, and issue 14's goals on them."""
+    base, out = rows[0], []
+    for r in rows:
+        r["train_vs_ff"] = round(r["train_step_ms"] / base["train_step_ms"], 3)
+        r["infer_vs_ff"] = round(base["infer_img_s"] / r["infer_img_s"], 3)
+    goals = {"rfpn_crbp10": ("train_vs_ff", 1.3), "rfpn_crbp10_compile": ("train_vs_ff", 1.3)}
+    goals["rfpn_crbp10_halt"] = ("infer_vs_ff", 1.2)
+    for r in rows:
+        if r["model"] in goals:
+            key, limit = goals[r["model"]]
+            name = f"{r['model']} {key.replace('_vs_ff', '')} time / ff"
+            out.append(
+                {"target": name, "value": r[key], "limit": f"<= {limit}", "met": r[key] <= limit}
+            )
+    return out
 
 
 def targets(rows):
@@ -234,7 +330,11 @@ def main(argv=None):
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     tasks = [(label, cfg, opts, args) for label, cfg, opts in configurations(args)]
     rows = run_configurations(measure, tasks, args.device)
-    write(rows, targets(rows), args.output_dir)
+    if args.suite:
+        save_tables(args.output_dir, rows, suite_targets(rows))
+        print(f"\nwrote {args.output_dir}/results.csv, targets.csv")
+    else:
+        write(rows, targets(rows), args.output_dir)
     return 0
 
 
