@@ -17,7 +17,9 @@ that graph (no recomputation, more memory). It records:
 - step_ms: median wall time of the step over ``--repeats`` runs after a warm-up;
 - syncs: host synchronisations (``Tensor.item``/``__bool__``/... calls) during backward;
 - infer_ms, finite_check_pct: median inference forward at N steps (check_finite on, the
-  default) and how much slower it is than with the check off (same process, interleaved).
+  default) and how much slower it is than with the check off (same process, interleaved);
+- graph_free_step_ms: median time of one step without a graph (eval mode), the step that
+  ``compile_steps`` compiles.
 
 It prints a table, checks the targets below on ratios measured in this one run, and writes
 ``results.csv``, ``targets.csv`` and ``benchmark.png`` to ``--output-dir``.
@@ -190,6 +192,16 @@ def measure(shape_name, grad, timesteps, args):
                 sync()
                 timed[check].append((time.perf_counter() - start) * 1000)
     infer_on, infer_off = (statistics.median(timed[c]) for c in (True, False))
+    rec.check_finite = True
+    one_step = []  # one graph-free step (compiled in the +compile variants), in eval mode
+    with torch.no_grad():
+        state = rec(x)
+        for _ in range(5 * args.repeats):
+            sync()
+            start = time.perf_counter()
+            rec.step_without_graph(x, state)
+            sync()
+            one_step.append((time.perf_counter() - start) * 1000)
     return {
         "device": str(device),
         "shape": shape_name,
@@ -201,6 +213,7 @@ def measure(shape_name, grad, timesteps, args):
         "syncs": counter.count,
         "infer_ms": round(infer_on, 1),
         "finite_check_pct": round(100 * (infer_on - infer_off) / infer_off, 1),
+        "graph_free_step_ms": round(statistics.median(one_step), 2),
     }
 
 
