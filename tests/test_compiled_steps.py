@@ -36,14 +36,14 @@ def test_compiled_steps_give_the_eager_values_and_gradients():
         h_c, gx_c, gp_c = _train_step(compiled, x)
     if compiled._compiled_step.failed:  # no working compiler here: the fallback ran instead
         assert any("torch.compile" in str(w.message) for w in caught)
-    torch.testing.assert_close(h_c, h_e, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(gx_c, gx_e, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(h_c, h_e, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(gx_c, gx_e, rtol=1e-4, atol=1e-5)
     for a, b in zip(gp_c, gp_e):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     eager.halt_tol = 1e-3  # inference with halting: same states and same steps per sample
     with torch.no_grad():
         out_e, out_c = eager.eval()(x), compiled.eval()(x)
-    torch.testing.assert_close(out_c, out_e, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out_c, out_e, rtol=1e-4, atol=1e-5)
     assert compiled.steps.tolist() == eager.steps.tolist()
     if compiled._compiled_step.failed:
         pytest.skip("torch.compile does not work on this machine; the eager fallback matched")
