@@ -136,3 +136,17 @@ def test_the_model_suite_lists_every_model_against_the_feed_forward_one():
         "limit": "<= 1.2",
         "met": True,
     }
+
+
+def test_neumann_tradeoff_measures_error_against_the_long_series():
+    tool = _load_tool("neumann_tradeoff")
+    args = tool.parse_args(
+        ["--shape", "2,8,5,5", "--timesteps", "6", "--terms", "2,15,60", "--rtols", "0,0.2"]
+        + ["--exact-terms", "60", "--repeats", "1"]
+    )
+    rows = {(r["neumann_steps"], r["neumann_rtol"]): r for r in tool.run(args)}
+    assert rows[(60, 0.0)]["grad_rel_error"] < 1e-6  # the reference itself
+    assert rows[(2, 0.0)]["grad_rel_error"] > rows[(15, 0.0)]["grad_rel_error"] > 0
+    assert rows[(15, 0.0)]["mean_terms"] == 15
+    assert rows[(15, 0.2)]["mean_terms"] < 15  # the tolerance stopped the series early
+    assert 0 < rows[(15, 0.0)]["spectral_radius"] < 1
