@@ -4,7 +4,10 @@
 PYTHON_BOOT ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-PIP := $(PY) -m pip --disable-pip-version-check
+PIP := $(PY) -m pip --disable-pip-version-check --no-cache-dir
+# The x86_64 torch wheels on PyPI are CUDA builds: the environment takes about 6.5 GB, and the
+# test suite writes about 4 GB of checkpoints under the temp folder while it runs.
+MIN_FREE_GB ?= 10
 ARCH := $(shell uname -m)
 TORCH_REQS := requirements-torch-$(ARCH).txt
 D2_DIR := $(VENV)/detectron2-py310
@@ -19,6 +22,11 @@ env: $(STAMP)
 
 $(STAMP): requirements.txt requirements-detectron2.txt $(TORCH_REQS) setup.py
 	@test -f $(TORCH_REQS) || { echo "No torch pin for architecture $(ARCH): add $(TORCH_REQS)"; exit 1; }
+	@free=$$(df -Pk . | awk 'NR==2 {print int($$4/1048576)}'); \
+	if [ "$$free" -lt "$(MIN_FREE_GB)" ]; then \
+		echo "Only $$free GB free on the disk holding $(CURDIR); the environment and the tests need"; \
+		echo "about $(MIN_FREE_GB) GB. Free space (old output/ checkpoints, /tmp/pytest-of-$$(id -un)) or set"; \
+		echo "MIN_FREE_GB=<GB> to try anyway."; exit 1; fi
 	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
 	$(PIP) install -q -r $(TORCH_REQS)
 	$(PIP) install -q -r requirements.txt
