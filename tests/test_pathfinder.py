@@ -77,6 +77,18 @@ def test_generate_writes_images_masks_labels_and_skips_a_repeat(tmp_path):
     assert not generate_pathfinder(root, {"train": 6, "val": 4}, spec, seed=1)[1]
 
 
+def test_labels_csv_holds_the_dot_centres(tmp_path):
+    spec = PathfinderSpec(size=32, segments=4, snakes=2, dash=3.0, gap=1.5)
+    root = str(tmp_path / "pf")
+    generate_pathfinder(root, {"train": 4}, spec, seed=2)
+    with open(os.path.join(root, "train", "labels.csv")) as f:
+        rows = list(csv.DictReader(f))
+    for i, row in enumerate(rows):
+        dots = make_example(spec, 2000, i)["dots"]
+        got = [[float(row["x0"]), float(row["y0"])], [float(row["x1"]), float(row["y1"])]]
+        assert np.allclose(got, dots, atol=0.01), i
+
+
 def test_bad_spec_names_the_field():
     with pytest.raises(ValueError, match="segments=0"):
         PathfinderSpec(segments=0).validate()
@@ -148,7 +160,7 @@ def test_evaluate_sweeps_steps_like_separate_runs_and_reports_stability(tiny_set
     data = load_split(tiny_set, "val")
     model = build_model(_run(model="hgru")).eval()
     result = evaluate(model, data, [1, 3, 9])
-    x, y = data
+    x, y = data.x, data.y
     for t, acc in result["accuracy"].items():
         with torch.no_grad(), model.recurrence.using(test_timesteps=t):
             alone = ((model(x) > 0).float() == y).float().mean().item()
@@ -187,3 +199,96 @@ def test_train_script_end_to_end(tiny_set, tmp_path):
     assert set(result["accuracy"]) == {"1", "2", "4"} and result["params"] > 0
     assert result["saved_mb"] > 0 and os.path.isfile(os.path.join(out, "checkpoint.pth"))
     assert tool.main(["--data", str(tmp_path / "none"), "--output-dir", out + "2"]) == 2
+
+
+@pytest.fixture(scope="module")
+def tiny_trace_set(tmp_path_factory):
+    spec = PathfinderSpec(size=24, segments=3, snakes=2, dash=3.0, gap=1.5, margin=2)
+    root = str(tmp_path_factory.mktemp("pf") / "trace")
+    generate_pathfinder(root, {"train": 16, "val": 8}, spec, seed=3)
+    return root, spec
+
+
+def test_trace_split_holds_image_cue_target_and_probe(tiny_trace_set):
+    import torch
+
+    from rpanoptic.pathfinder.train import load_split
+
+    root, spec = tiny_trace_set
+    data = load_split(root, "val", task="trace")
+    assert data.x.shape == (8, 2, 24, 24) and len(data) == 8
+    for i in range(8):
+        e = make_example(spec, 3000 + 1, i)  # val is the second split in sorted order
+        assert np.array_equal(data.x[i, 0].numpy() > 0.5, e["image"] > 0)
+        assert np.array_equal(data.target[i, 0].numpy() > 0.5, e["target"])
+        (x0, y0), (x1, y1) = np.round(e["dots"]).astype(int)
+        assert data.x[i, 1, y0, x0] == 1 and data.probe[i, 0, y1, x1]
+        # The cue is a disk on the first dot only; the probe a slightly larger one on the second.
+        assert data.x[i, 1].sum() <= np.pi * (spec.dot_radius + 1) ** 2
+        assert not data.x[i, 1, y1, x1] and not data.probe[i, 0, y0, x0]
+        assert data.y[i] == e["label"]
+    label = load_split(root, "val")
+    assert label.x.shape == (8, 1, 24, 24) and label.target is None
+    assert torch.equal(label.x[:, 0], data.x[:, 0])
+
+
+def test_trace_split_of_an_old_set_says_to_make_it_again(tiny_trace_set, tmp_path):
+    import shutil
+
+    from rpanoptic.pathfinder.train import load_split
+
+    copy = str(tmp_path / "old")
+    shutil.copytree(tiny_trace_set[0], copy)
+    table = os.path.join(copy, "val", "labels.csv")
+    with open(table) as f:
+        rows = list(csv.DictReader(f))
+    with open(table, "w", newline="") as f:  # the format before the dot centres
+        writer = csv.DictWriter(f, fieldnames=["file", "label", "segments"])
+        writer.writeheader()
+        writer.writerows({k: r[k] for k in ("file", "label", "segments")} for r in rows)
+    with pytest.raises(ValueError, match="no dot centres.*prepare_pathfinder.py"):
+        load_split(copy, "val", task="trace")
+    with pytest.raises(ValueError, match="task='dense'"):
+        load_split(copy, "val", task="dense")
+
+
+def test_trace_label_logit_is_the_largest_pixel_logit_on_the_second_dot(tiny_trace_set):
+    import torch
+    import torch.nn.functional as F
+
+    from rpanoptic.pathfinder.train import _loss, build_model, label_logits, load_split
+
+    data = load_split(tiny_trace_set[0], "val", task="trace")
+    run = _run(model="ff", task="trace")
+    model = build_model(run).eval()
+    logits, dense = label_logits(model, data)
+    assert dense.shape == (8, 1, 24, 24)
+    for i in range(8):
+        assert logits[i] == dense[i][data.probe[i]].max()
+    # The loss: the label's BCE plus the pixel BCE with path and background weighing half each.
+    t = data.target
+    on = t.mean()
+    pos = F.binary_cross_entropy_with_logits(dense[t > 0], t[t > 0], reduction="sum")
+    neg = F.binary_cross_entropy_with_logits(dense[t == 0], t[t == 0], reduction="sum")
+    pixels = (0.5 / on * pos + 0.5 / (1 - on) * neg) / t.numel()
+    expected = F.binary_cross_entropy_with_logits(logits, data.y) + pixels
+    with torch.no_grad():
+        assert _loss(model, data, run)[0].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_trace_evaluation_reports_path_iou_per_step_count(tiny_trace_set):
+    import torch
+
+    from rpanoptic.pathfinder.train import build_model, evaluate, label_logits, load_split
+
+    data = load_split(tiny_trace_set[0], "val", task="trace")
+    model = build_model(_run(model="hgru", task="trace")).eval()
+    result = evaluate(model, data, [1, 4])
+    for t in (1, 4):
+        with torch.no_grad(), model.recurrence.using(test_timesteps=t):
+            logits, dense = label_logits(model, data)
+        pred, true = dense > 0, data.target > 0.5
+        iou = (pred & true).flatten(1).sum(1) / (pred | true).flatten(1).sum(1).clamp_min(1)
+        assert result["path_iou"][t] == pytest.approx(iou.mean().item(), abs=1e-6)
+        acc = ((logits > 0).float() == data.y).float().mean().item()
+        assert result["accuracy"][t] == pytest.approx(acc)

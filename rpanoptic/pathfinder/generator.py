@@ -28,7 +28,18 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-__all__ = ["DIFFICULTY", "PathfinderSpec", "check_label", "generate_pathfinder", "make_example"]
+__all__ = [
+    "DIFFICULTY",
+    "FORMAT",
+    "PathfinderSpec",
+    "check_label",
+    "generate_pathfinder",
+    "make_example",
+]
+
+# Version of what generate_pathfinder writes (2: labels.csv holds the dot centres); a set of
+# another version is written again.
+FORMAT = 2
 
 # The paper's three levels (dashes per path), used by name in commands and tables.
 DIFFICULTY = {"easy": 6, "medium": 9, "hard": 14}
@@ -186,16 +197,17 @@ def generate_pathfinder(
 ) -> Tuple[str, bool]:
     """Write ``counts`` examples per split to ``root``: ``<split>/<index>.png`` (image),
     ``<split>/<index>_target.png`` (mask of the path through the first dot) and
-    ``<split>/labels.csv`` (file, label, segments); ``generator.json`` records the recipe and is
-    written last. When it already records the same recipe nothing is written. With ``check``,
-    every label is verified by :func:`check_label` (a ValueError names a wrong one).
+    ``<split>/labels.csv`` (file, label, segments, and the dot centres x0, y0 of the first dot
+    and x1, y1 of the second); ``generator.json`` records the recipe and is written last. When
+    it already records the same recipe nothing is written. With ``check``, every label
+    is verified by :func:`check_label` (a ValueError names a wrong one).
 
     Returns (root, whether anything was written).
     """
     from tqdm import tqdm
 
     counts = dict(counts or {"train": 2000, "val": 400})
-    recipe = {"seed": seed, "counts": counts, "spec": asdict(spec.validate())}
+    recipe = {"format": FORMAT, "seed": seed, "counts": counts, "spec": asdict(spec.validate())}
     marker = os.path.join(root, "generator.json")
     if os.path.isfile(marker):
         with open(marker) as f:
@@ -220,11 +232,13 @@ def generate_pathfinder(
             Image.fromarray(example["image"]).save(os.path.join(folder, name + ".png"))
             target = example["target"].astype(np.uint8) * 255
             Image.fromarray(target).save(os.path.join(folder, name + "_target.png"))
+            (x0, y0), (x1, y1) = np.round(example["dots"], 2).tolist()
             rows.append(
-                {"file": name + ".png", "label": example["label"], "segments": spec.segments}
+                dict(file=name + ".png", label=example["label"], segments=spec.segments)
+                | dict(x0=x0, y0=y0, x1=x1, y1=y1)
             )
         with open(os.path.join(folder, "labels.csv"), "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["file", "label", "segments"])
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["file", "label"])
             writer.writeheader()
             writer.writerows(rows)
     with open(marker, "w") as f:

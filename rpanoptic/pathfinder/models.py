@@ -1,7 +1,10 @@
 """Pathfinder models: the paper's recurrent one (a learned filter bank, one hGRU recurrence with
 large kernels, a max-pooled read-out) and feed-forward baselines sharing its stem and read-out.
 
-Every model maps a (B, 1, H, W) image in [0, 1] to (B,) logits of "the dots are connected".
+Every model maps a (B, C, H, W) input in [0, 1] (C = 1: the image; C = 2 for the traced task:
+the image and the cue, a disk on the dot to trace from) to (B,) logits of "the dots are
+connected" (``readout="label"``, the paper's) or to (B, 1, H, W) logits of "this pixel is on
+the path through the cued dot" (``readout="dense"``).
 """
 
 from typing import Optional
@@ -24,9 +27,9 @@ class _Stem(nn.Module):
     the image (unnormalised, a 2%-bright Pathfinder image gives a drive of about 0.06 and a
     state whose correlation with it was -0.04)."""
 
-    def __init__(self, channels: int, kernel_size: int = 5):
+    def __init__(self, channels: int, kernel_size: int = 5, in_channels: int = 1):
         super().__init__()
-        self.conv = nn.Conv2d(1, channels, kernel_size, padding=kernel_size // 2)
+        self.conv = nn.Conv2d(in_channels, channels, kernel_size, padding=kernel_size // 2)
         self.norm = nn.GroupNorm(1, channels)
 
     def forward(self, x):
@@ -46,6 +49,14 @@ class _Readout(nn.Module):
         return self.fc(torch.amax(self.norm(self.conv(h)), dim=(2, 3))).squeeze(1)
 
 
+def _readout(kind: str, channels: int) -> nn.Module:
+    if kind == "label":
+        return _Readout(channels)
+    if kind == "dense":  # one logit per pixel
+        return nn.Conv2d(channels, 1, 1)
+    raise ValueError(f"pathfinder: readout={kind!r} is invalid; allowed: 'label' | 'dense'")
+
+
 class HGRUPathfinder(nn.Module):
     """Stem -> hGRU :class:`~rpanoptic.recurrence.Recurrence` -> read-out.
 
@@ -55,6 +66,8 @@ class HGRUPathfinder(nn.Module):
         timesteps, grad, neumann_steps, lcp_tau, lcp_reduction: the recurrence's (see
             :class:`~rpanoptic.recurrence.Recurrence`).
         gn_groups: GroupNorm groups of the cell (must divide ``channels``).
+        in_channels: 1 (image) or 2 (image and cue).
+        readout: "label" (one logit per image) or "dense" (one per pixel).
     """
 
     def __init__(
@@ -68,9 +81,11 @@ class HGRUPathfinder(nn.Module):
         lcp_reduction: str = "mean",
         gn_groups: int = 4,
         stem_kernel: int = 5,
+        in_channels: int = 1,
+        readout: str = "label",
     ):
         super().__init__()
-        self.stem = _Stem(channels, stem_kernel)
+        self.stem = _Stem(channels, stem_kernel, in_channels)
         cell = HGRUCell(channels, kernel_size, timesteps=timesteps, gn_groups=gn_groups)
         self.recurrence = Recurrence(
             cell,
@@ -81,7 +96,7 @@ class HGRUPathfinder(nn.Module):
             lcp_reduction=lcp_reduction,
             name="pathfinder.recurrence",
         )
-        self.readout = _Readout(channels)
+        self.readout = _readout(readout, channels)
         self.state: Optional[torch.Tensor] = None  # the final state of the latest forward
 
     def forward(self, x):
@@ -108,11 +123,19 @@ class FeedForwardPathfinder(nn.Module):
     recurrent model with the hGRU replaced by convolution layers. ``channels`` and ``blocks``
     set its size (equal to or several times the hGRU model's parameters)."""
 
-    def __init__(self, channels: int = 16, kernel_size: int = 3, blocks: int = 4, stem_kernel=5):
+    def __init__(
+        self,
+        channels: int = 16,
+        kernel_size: int = 3,
+        blocks: int = 4,
+        stem_kernel: int = 5,
+        in_channels: int = 1,
+        readout: str = "label",
+    ):
         super().__init__()
-        self.stem = _Stem(channels, stem_kernel)
+        self.stem = _Stem(channels, stem_kernel, in_channels)
         self.blocks = nn.Sequential(*[_Block(channels, kernel_size) for _ in range(blocks)])
-        self.readout = _Readout(channels)
+        self.readout = _readout(readout, channels)
 
     def forward(self, x):
         return self.readout(self.blocks(self.stem(x)))

@@ -1,15 +1,25 @@
 """Train and evaluate Pathfinder models: loading a generated set, a training loop with the four
 learning modes of the recurrence (plus feed-forward baselines), checkpoints that resume, and
 the paper's stability test (accuracy at N and far past it, the drift ||h_T - h_N|| / ||h_N||,
-the spectral radius at h_N), memory kept for backward and step time."""
+the spectral radius at h_N), memory kept for backward and step time.
+
+Two tasks on the same sets:
+
+- ``label`` (the paper's): the image in, one logit per image out, trained on the label alone.
+- ``trace``: the image and a cue (a disk on the first dot) in, one logit per pixel out, trained
+  on the mask of the path through the cued dot (class-balanced) and on the label, whose logit is
+  the largest pixel logit on the second dot. The answer is the same question (is the second
+  dot on the cued path?), but every pixel of the path supervises, so far fewer images teach it.
+"""
 
 import contextlib
 import csv
+import json
 import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -23,6 +33,7 @@ from .models import FeedForwardPathfinder, HGRUPathfinder, count_parameters
 
 __all__ = [
     "PathfinderRun",
+    "PathfinderSplit",
     "build_model",
     "evaluate",
     "load_split",
@@ -36,6 +47,7 @@ __all__ = [
 class PathfinderRun:
     """One training run's settings (what ``tools/train_pathfinder.py`` takes as flags)."""
 
+    task: str = "label"  # "label" (the paper's) or "trace" (cued, dense; see the module)
     model: str = "hgru"  # "hgru" or "ff"
     grad: str = "crbp"  # hgru: bptt, cbptt, rbp, crbp
     timesteps: int = 8
@@ -57,8 +69,42 @@ class PathfinderRun:
         return sorted(set(self.eval_steps) or {1, n // 2 or 1, n, 2 * n, 3 * n, 40})
 
 
-def load_split(root: str, split: str) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Images (N, 1, H, W) in [0, 1] and labels (N,) of ``root/split`` (labels.csv + PNGs)."""
+class PathfinderSplit(NamedTuple):
+    """A loaded split: ``x`` (N, C, H, W) in [0, 1] (C = 1: image; 2: image and cue), ``y`` (N,)
+    labels; for the trace task also ``target`` (N, 1, H, W) float mask of the path through the
+    first dot and ``probe`` (N, 1, H, W) bool disk on the second dot."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    target: Optional[torch.Tensor] = None
+    probe: Optional[torch.Tensor] = None
+
+    def take(self, idx) -> "PathfinderSplit":
+        return PathfinderSplit(*(None if t is None else t[idx] for t in self))
+
+    def __len__(self) -> int:  # the number of examples (not of fields)
+        return len(self.y)
+
+
+def _read_png(path: str) -> np.ndarray:
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+    except (OSError, ValueError) as e:
+        raise ValueError(f"pathfinder image {path} cannot be read ({e}): make the set again")
+
+
+def _disks(rows, xk: str, yk: str, radius: float, size: int) -> torch.Tensor:
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    cx = torch.tensor([float(r[xk]) for r in rows])[:, None, None]
+    cy = torch.tensor([float(r[yk]) for r in rows])[:, None, None]
+    return ((xx - cx) ** 2 + (yy - cy) ** 2 <= radius**2)[:, None]
+
+
+def load_split(root: str, split: str, task: str = "label") -> PathfinderSplit:
+    """``root/split`` (labels.csv + PNGs) for ``task`` ("label" or "trace")."""
+    if task not in ("label", "trace"):
+        raise ValueError(f"pathfinder: task={task!r} is invalid; allowed: 'label' | 'trace'")
     folder = os.path.join(root, split)
     table = os.path.join(folder, "labels.csv")
     if not os.path.isfile(table):
@@ -68,41 +114,84 @@ def load_split(root: str, split: str) -> Tuple[torch.Tensor, torch.Tensor]:
         )
     with open(table) as f:
         rows = list(csv.DictReader(f))
-    images = []
-    for row in rows:
-        path = os.path.join(folder, row["file"])
-        try:
-            with Image.open(path) as image:
-                images.append(np.asarray(image.convert("L"), dtype=np.float32) / 255.0)
-        except (OSError, ValueError) as e:
-            raise ValueError(f"pathfinder image {path} cannot be read ({e}): make the set again")
-    x = torch.from_numpy(np.stack(images))[:, None]
+    if not rows:
+        raise ValueError(f"pathfinder split {table} has no examples: make the set again")
+    x = torch.from_numpy(np.stack([_read_png(os.path.join(folder, r["file"])) for r in rows]))
+    x = x[:, None]
     y = torch.tensor([float(r["label"]) for r in rows])
-    return x, y
+    if task == "label":
+        return PathfinderSplit(x, y)
+    if not {"x0", "y0", "x1", "y1"} <= set(rows[0]):
+        raise ValueError(
+            f"{table} has no dot centres (x0, y0, x1, y1): it was made by an older generator; "
+            "run python datasets/prepare_pathfinder.py again with the same flags"
+        )
+    with open(os.path.join(root, "generator.json")) as f:
+        radius = float(json.load(f)["spec"]["dot_radius"])
+    size = x.shape[-1]
+    cue = _disks(rows, "x0", "y0", radius, size).float()
+    probe = _disks(rows, "x1", "y1", radius + 1.0, size)
+    target = [
+        _read_png(os.path.join(folder, r["file"][: -len(".png")] + "_target.png")) for r in rows
+    ]
+    target = (torch.from_numpy(np.stack(target))[:, None] > 0.5).float()
+    return PathfinderSplit(torch.cat([x, cue], 1), y, target, probe)
 
 
 def build_model(run: PathfinderRun) -> torch.nn.Module:
     torch.manual_seed(run.seed)
+    if run.task not in ("label", "trace"):
+        raise ValueError(f"pathfinder: task={run.task!r} is invalid; allowed: 'label' | 'trace'")
+    io = dict(in_channels=2, readout="dense") if run.task == "trace" else {}
     if run.model == "hgru":
         return HGRUPathfinder(
-            run.channels, run.kernel_size, run.timesteps, run.grad, run.neumann_steps, run.lcp_tau
+            run.channels,
+            run.kernel_size,
+            run.timesteps,
+            run.grad,
+            run.neumann_steps,
+            run.lcp_tau,
+            **io,
         )
     if run.model == "ff":
-        return FeedForwardPathfinder(run.channels, 3, run.blocks)
+        return FeedForwardPathfinder(run.channels, 3, run.blocks, **io)
     raise ValueError(f"pathfinder: model={run.model!r} is invalid; allowed: 'hgru' | 'ff'")
 
 
-def _loss(model, x, y, run: PathfinderRun) -> Tuple[torch.Tensor, float]:
-    loss = F.binary_cross_entropy_with_logits(model(x), y)
+def label_logits(model, batch: PathfinderSplit) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """(B,) logits of "connected" and, for the trace task, the (B, 1, H, W) pixel logits (the
+    label's logit is then the largest pixel logit on the second dot)."""
+    out = model(batch.x)
+    if batch.probe is None:
+        return out, None
+    return out.masked_fill(~batch.probe, float("-inf")).amax(dim=(1, 2, 3)), out
+
+
+def _loss(model, batch: PathfinderSplit, run: PathfinderRun) -> Tuple[torch.Tensor, float]:
+    logits, dense = label_logits(model, batch)
+    loss = F.binary_cross_entropy_with_logits(logits, batch.y)
+    if dense is not None:  # class-balanced: path pixels and background weigh half each
+        t = batch.target
+        on = t.mean().clamp(1e-4, 1 - 1e-4)
+        weight = t * (0.5 / on) + (1 - t) * (0.5 / (1 - on))
+        loss = loss + F.binary_cross_entropy_with_logits(dense, t, weight=weight)
     lcp = getattr(getattr(model, "recurrence", None), "lcp", None)
     if lcp is not None:
         return loss + run.lcp_weight * lcp, float(lcp.detach())
     return loss, 0.0
 
 
+def _path_iou(dense: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per image, IoU of the predicted path (pixel logit > 0) with the true one."""
+    pred, true = dense > 0, target > 0.5
+    inter = (pred & true).flatten(1).sum(1).float()
+    union = (pred | true).flatten(1).sum(1).float().clamp_min(1)
+    return inter / union
+
+
 def train(
     model: torch.nn.Module,
-    data: Tuple[torch.Tensor, torch.Tensor],
+    data: PathfinderSplit,
     run: PathfinderRun,
     output_dir: str,
     log: Callable[[str], None] = print,
@@ -111,7 +200,6 @@ def train(
     write ``output_dir/checkpoint.pth`` atomically. A checkpoint already there (from the same
     settings) is resumed. Returns the history ({iteration, loss, lcp, accuracy} every 50
     iterations). A non-finite loss raises FloatingPointError naming the iteration."""
-    x, y = data
     opt = torch.optim.Adam(model.parameters(), lr=run.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, run.iters)
     gen = torch.Generator().manual_seed(run.seed + 1)
@@ -133,8 +221,9 @@ def train(
     collect = model.recurrence.using(lcp_collected=True) if hasattr(model, "recurrence") else None
     with collect or contextlib.nullcontext():
         for it in range(start, run.iters):
-            idx = torch.randint(len(x), (run.batch,), generator=gen)
-            loss, lcp = _loss(model, x[idx], y[idx], run)
+            idx = torch.randint(len(data), (run.batch,), generator=gen)
+            batch = data.take(idx)
+            loss, lcp = _loss(model, batch, run)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"pathfinder: loss is {loss.item()} at iteration {it}; lower --lr or raise "
@@ -146,7 +235,8 @@ def train(
             sched.step()
             if (it + 1) % 50 == 0 or it + 1 == run.iters:
                 with torch.no_grad():
-                    acc = ((model(x[idx]) > 0).float() == y[idx]).float().mean().item()
+                    acc = ((label_logits(model, batch)[0] > 0).float() == batch.y).float()
+                    acc = acc.mean().item()
                 history.append(dict(iteration=it + 1, loss=loss.item(), lcp=lcp, accuracy=acc))
                 log(f"iter {it + 1}/{run.iters} loss {loss.item():.4f} lcp {lcp:.4g} acc {acc:.3f}")
             if (it + 1) % run.checkpoint_period == 0 or it + 1 == run.iters:
@@ -165,26 +255,38 @@ def train(
 
 
 @torch.no_grad()
-def evaluate(
-    model: torch.nn.Module, data: Tuple[torch.Tensor, torch.Tensor], counts: Sequence[int]
-) -> Dict:
-    """Accuracy of ``model`` on ``data``; for the hGRU model at every inference step count in
-    ``counts`` (one pass, :func:`~rpanoptic.recurrence.sweep`), plus the drift
-    ||h_T - h_N|| / ||h_N|| (T = the largest count, N = trained steps) and the spectral radius
-    of dF/dh at h_N (mean over up to 64 images)."""
-    x, y = data
+def evaluate(model: torch.nn.Module, data: PathfinderSplit, counts: Sequence[int]) -> Dict:
+    """Accuracy of ``model`` on ``data`` (for the trace task also ``path_iou``, the mean IoU of
+    the predicted path); for the hGRU model at every inference step count in ``counts`` (one
+    pass, :func:`~rpanoptic.recurrence.sweep`), plus the drift ||h_T - h_N|| / ||h_N|| (T = the
+    largest count, N = trained steps) and the spectral radius of dF/dh at h_N (mean over up to
+    64 images)."""
     model.eval()
-    if not hasattr(model, "recurrence"):
-        acc = ((model(x) > 0).float() == y).float().mean().item()
-        return {"accuracy": {1: acc}}
-    rec = model.recurrence
+    rec = getattr(model, "recurrence", None)
+    counts = list(counts) if rec is not None else [1]
     correct = {t: 0.0 for t in counts}
-    with sweep(model, counts) as set_count:
-        for i in range(0, len(x), 256):
+    iou = {t: 0.0 for t in counts}
+
+    def score(t, batch):
+        logits, dense = label_logits(model, batch)
+        correct[t] += ((logits > 0).float() == batch.y).sum().item()
+        if dense is not None:
+            iou[t] += _path_iou(dense, batch.target).sum().item()
+
+    sweeping = sweep(model, counts) if rec is not None else contextlib.nullcontext(None)
+    with sweeping as set_count:
+        for i in range(0, len(data), 256):
+            batch = data.take(slice(i, i + 256))
             for t in counts:
-                set_count(t)
-                correct[t] += ((model(x[i : i + 256]) > 0).float() == y[i : i + 256]).sum().item()
-    probe = x[:64]
+                if set_count is not None:
+                    set_count(t)
+                score(t, batch)
+    result = {"accuracy": {t: c / len(data) for t, c in correct.items()}}
+    if data.target is not None:
+        result["path_iou"] = {t: v / len(data) for t, v in iou.items()}
+    if rec is None:
+        return result
+    probe = data.x[:64]
     with rec.using(test_timesteps=rec.timesteps), rec.recording() as record:
         model(probe)
         h_n = record.state
@@ -194,29 +296,24 @@ def evaluate(
         model(probe)
     h_t = model.state
     drift = (h_t - h_n).flatten(1).norm(dim=1) / h_n.flatten(1).norm(dim=1).clamp_min(1e-12)
-    return {
-        "accuracy": {t: c / len(x) for t, c in correct.items()},
-        "drift": drift.mean().item(),
-        "spectral_radius": radius.mean().item(),
-    }
+    return {**result, "drift": drift.mean().item(), "spectral_radius": radius.mean().item()}
 
 
-def measure_step(model, data, run: PathfinderRun, repeats: int = 3) -> Dict[str, float]:
+def measure_step(model, data: PathfinderSplit, run: PathfinderRun, repeats: int = 3) -> Dict:
     """MB of activations kept for backward by one training step's forward, and its median
     time (ms)."""
-    x, y = data
     model.train()
-    idx = torch.arange(min(run.batch, len(x)))
+    batch = data.take(torch.arange(min(run.batch, len(data))))
     meter = SavedTensorMeter(exclude=model.parameters())
     with meter:
-        loss, _ = _loss(model, x[idx], y[idx], run)
+        loss, _ = _loss(model, batch, run)
     saved = meter.bytes() / 2**20
     loss.backward()
     times = []
     for _ in range(repeats):
         model.zero_grad(set_to_none=True)
         start = time.perf_counter()
-        _loss(model, x[idx], y[idx], run)[0].backward()
+        _loss(model, batch, run)[0].backward()
         times.append((time.perf_counter() - start) * 1000)
     model.zero_grad(set_to_none=True)
     return {"saved_mb": saved, "step_ms": statistics.median(times)}
@@ -225,7 +322,8 @@ def measure_step(model, data, run: PathfinderRun, repeats: int = 3) -> Dict[str,
 def run_and_report(run: PathfinderRun, root: str, output_dir: str, log=print) -> Dict:
     """Train ``run`` on ``root``'s train split, evaluate on val, measure memory and time, and
     write ``output_dir/result.json``; returns the result."""
-    train_data, val_data = load_split(root, "train"), load_split(root, "val")
+    train_data = load_split(root, "train", run.task)
+    val_data = load_split(root, "val", run.task)
     model = build_model(run)
     start = time.perf_counter()
     history = train(model, train_data, run, output_dir, log)
@@ -234,7 +332,7 @@ def run_and_report(run: PathfinderRun, root: str, output_dir: str, log=print) ->
         "data": root,
         "params": count_parameters(model),
         "train_s": time.perf_counter() - start,
-        **evaluate(model, val_data, run.counts() if run.model == "hgru" else [1]),
+        **evaluate(model, val_data, run.counts()),
         **measure_step(model, train_data, run),
         "history": history,
     }
