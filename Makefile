@@ -14,9 +14,10 @@ D2_DIR := $(VENV)/detectron2-py310
 STAMP := $(VENV)/.rpanoptic-stamp
 DEMO_ARGS ?=
 COMPARE_ARGS ?=
+PATHFINDER_ARGS ?=
 DEMO_RECURRENCE_ARGS ?=
 
-.PHONY: env demo compare demo-recurrence test bench lint clean-env
+.PHONY: env demo compare demo-recurrence pathfinder test bench lint clean-env
 
 env: $(STAMP)
 
@@ -57,6 +58,11 @@ compare: $(STAMP)
 # The recurrence engine's own toy demo (BPTT vs C-RBP on curve tracing, no Detectron2 model).
 demo-recurrence: $(STAMP)
 	$(PY) tools/demo_recurrence.py $(DEMO_RECURRENCE_ARGS)
+
+# Longer, not in CI: Pathfinder, feed-forward vs hGRU BPTT / RBP / C-RBP, 3 seeds, one result
+# file per run in results/pathfinder/compare (rerun to resume). E.g. PATHFINDER_ARGS="--sets easy,medium".
+pathfinder: $(STAMP)
+	$(PY) tools/pathfinder_compare.py $(PATHFINDER_ARGS)
 
 bench: $(STAMP)
 	$(PY) tools/benchmark_recurrence.py

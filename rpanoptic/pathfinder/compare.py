@@ -1,0 +1,227 @@
+"""The Pathfinder comparison: feed-forward baselines and the hGRU in three learning modes,
+trained on the same sets with the same settings and seeds, then tabled and drawn.
+
+Each run's ``result.json`` (history included, no checkpoint) is copied to
+``<results>/<set>/<model>_s<seed>.json`` as soon as it finishes; a run whose file is already
+there is skipped, so the comparison can be cut into sessions and resumed. The summary
+(``summary.csv``, ``summary.md``) and the pictures are made from those files alone.
+"""
+
+import csv
+import glob
+import json
+import os
+import shutil
+import statistics
+from dataclasses import asdict, replace
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..utils import atomic_write, pyplot
+from .train import PathfinderRun, build_model, load_split, run_and_report
+
+__all__ = ["MODELS", "run_comparison", "summarize", "plot_comparison", "plot_unfolding"]
+
+# The compared models, as changes to the shared settings. "ff" is about the hGRU model's size
+# (8 channels); "ff_large" several times it. RBP is C-RBP without the penalty.
+MODELS: Dict[str, Dict] = {
+    "ff": dict(model="ff", blocks=4),
+    "ff_large": dict(model="ff", blocks=8, channels=16),
+    "hgru_bptt": dict(model="hgru", grad="bptt"),
+    "hgru_rbp": dict(model="hgru", grad="rbp", lcp_weight=0.0),
+    "hgru_crbp": dict(model="hgru", grad="crbp"),
+}
+
+
+def _result_path(results: str, set_name: str, model: str, seed: int) -> str:
+    return os.path.join(results, set_name, f"{model}_s{seed}.json")
+
+
+def run_comparison(
+    sets: Dict[str, str],
+    base: PathfinderRun,
+    results: str,
+    output: str,
+    models: Sequence[str] = tuple(MODELS),
+    seeds: Sequence[int] = (0, 1, 2),
+    log: Callable[[str], None] = print,
+) -> List[str]:
+    """Train and evaluate every (set, model, seed) whose result file is missing. ``sets`` maps
+    a set's name (e.g. "easy") to its folder. Checkpoints go to ``output`` (resumed when a run
+    was cut off). Returns the result files written now."""
+    unknown = sorted(set(models) - set(MODELS))
+    if unknown:
+        raise ValueError(f"pathfinder comparison: unknown models {unknown}; known: {list(MODELS)}")
+    written = []
+    for set_name, root in sets.items():
+        for model in models:
+            for seed in seeds:
+                target = _result_path(results, set_name, model, seed)
+                if os.path.isfile(target):
+                    log(f"skip {set_name}/{model} seed {seed}: {target} exists")
+                    continue
+                run = replace(base, **MODELS[model], seed=seed)
+                out = os.path.join(output, set_name, f"{model}_s{seed}")
+                log(f"run {set_name}/{model} seed {seed} -> {out}")
+                run_and_report(run, root, out, log)
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                shutil.copyfile(os.path.join(out, "result.json"), target + ".tmp")
+                os.replace(target + ".tmp", target)
+                written.append(target)
+    return written
+
+
+def _load(results: str) -> Dict[str, Dict[str, List[Dict]]]:
+    """{set: {model: [result, ...]}} from the result files."""
+    table: Dict[str, Dict[str, List[Dict]]] = {}
+    for path in sorted(glob.glob(os.path.join(results, "*", "*_s*.json"))):
+        set_name = os.path.basename(os.path.dirname(path))
+        model = os.path.basename(path).rsplit("_s", 1)[0]
+        with open(path) as f:
+            table.setdefault(set_name, {}).setdefault(model, []).append(json.load(f))
+    return table
+
+
+def _mean_sd(values: Sequence[float]) -> str:
+    if not values:
+        return "-"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.3f} ± {sd:.3f}"
+
+
+def _at(result: Dict, key: str, count) -> Optional[float]:
+    values = result.get(key) or {}
+    return values.get(str(count), values.get(count))
+
+
+def summarize(results: str) -> List[Dict]:
+    """One row per (set, model): seeds, parameters, accuracy (and path IoU for the trace task)
+    at the trained N and at the largest count evaluated, drift, spectral radius, memory kept for
+    backward and step time; written to ``summary.csv`` and ``summary.md`` in ``results``."""
+    rows = []
+    for set_name, models in _load(results).items():
+        for model in sorted(models, key=lambda m: list(MODELS).index(m) if m in MODELS else 99):
+            runs = models[model]
+            hgru = runs[0]["run"]["model"] == "hgru"
+            n = runs[0]["run"]["timesteps"] if hgru else 1
+            last = max(int(k) for k in runs[0]["accuracy"]) if hgru else 1
+            row = {"set": set_name, "model": model, "seeds": len(runs)}
+            row["params"] = runs[0]["params"]
+            for name, key in (("accuracy", "accuracy"), ("path_iou", "path_iou")):
+                for label, count in (("N", n), ("last", last)):
+                    values = [v for r in runs if (v := _at(r, key, count)) is not None]
+                    row[f"{name}_{label}"] = _mean_sd(values)
+            row["N / last"] = f"{n} / {last}" if hgru else "-"
+            for key in ("drift", "spectral_radius", "saved_mb", "step_ms"):
+                values = [r[key] for r in runs if key in r]
+                row[key] = f"{statistics.mean(values):.3g}" if values else "-"
+            rows.append(row)
+    if rows:
+        header = list(rows[0])
+        atomic_write(
+            os.path.join(results, "summary.csv"),
+            lambda f: _write_csv(f, header, rows),
+            binary=False,
+        )
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(str(r[h]) for h in header) + " |" for r in rows]
+        atomic_write(
+            os.path.join(results, "summary.md"),
+            lambda f: f.write("\n".join(lines) + "\n"),
+            binary=False,
+        )
+    return rows
+
+
+def _write_csv(f, header, rows):
+    writer = csv.DictWriter(f, fieldnames=header)
+    writer.writeheader()
+    writer.writerows(rows)
+
+
+def plot_comparison(results: str, main_set: str) -> List[str]:
+    """``accuracy_vs_steps.png`` (on ``main_set``, mean and band over seeds per model; the
+    feed-forward models as flat lines) and, when there are several sets,
+    ``accuracy_vs_set.png`` (accuracy at the trained N per set and model). Returns the files."""
+    plt = pyplot()
+    table, files = _load(results), []
+    if main_set in table:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        for model, runs in table[main_set].items():
+            for ax, key in zip(axes, ("accuracy", "path_iou")):
+                if not runs[0].get(key):
+                    continue
+                counts = sorted(int(k) for k in runs[0][key])
+                values = np.array([[_at(r, key, c) for c in counts] for r in runs], dtype=float)
+                if len(counts) == 1:  # feed-forward: one value, drawn across the steps
+                    counts = [1, 40]
+                    values = np.repeat(values, 2, axis=1)
+                mean, lo, hi = values.mean(0), values.min(0), values.max(0)
+                line = ax.plot(counts, mean, marker="o", ms=3, label=f"{model} ({len(runs)})")
+                ax.fill_between(counts, lo, hi, alpha=0.2, color=line[0].get_color())
+        for ax, key in zip(axes, ("accuracy", "path IoU")):
+            ax.set_xlabel("inference steps")
+            ax.set_ylabel(f"val {key}")
+            ax.set_xscale("log")
+        axes[0].axhline(0.5, color="grey", lw=0.8, ls=":")
+        axes[0].legend(fontsize=7)
+        fig.suptitle(f"Pathfinder {main_set}: mean and range over seeds")
+        fig.tight_layout()
+        files.append(os.path.join(results, "accuracy_vs_steps.png"))
+        fig.savefig(files[-1], dpi=110)
+        plt.close(fig)
+    if len(table) > 1:
+        fig, ax = plt.subplots(figsize=(5, 4))
+        names = sorted(table)
+        models = sorted({m for s in table.values() for m in s})
+        for model in models:
+            means = []
+            for name in names:
+                runs = table[name].get(model, [])
+                n = runs[0]["run"]["timesteps"] if runs and runs[0]["run"]["model"] == "hgru" else 1
+                vals = [v for r in runs if (v := _at(r, "accuracy", n)) is not None]
+                means.append(statistics.mean(vals) if vals else np.nan)
+            ax.plot(names, means, marker="o", label=model)
+        ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+        ax.set_ylabel("val accuracy at the trained N")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        files.append(os.path.join(results, "accuracy_vs_set.png"))
+        fig.savefig(files[-1], dpi=110)
+        plt.close(fig)
+    return files
+
+
+@torch.no_grad()
+def plot_unfolding(
+    run: PathfinderRun, root: str, checkpoint: str, path: str, counts=(1, 2, 4, 8, 16, 40)
+) -> str:
+    """One val example through a trained hGRU model: the image (and the cue), then the model's
+    output (trace: the pixel probabilities; label: the state's mean over channels) after each
+    step count in ``counts``."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    if state.get("run") != asdict(run):
+        raise ValueError(f"{checkpoint} was written by a run with other settings")
+    model = build_model(run)
+    model.load_state_dict(state["model"])
+    model.eval()
+    data = load_split(root, "val", run.task).take(slice(1, 2))  # a positive example
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(counts) + 1, figsize=(2 * (len(counts) + 1), 2.3))
+    shown = data.x[0, 0] + (data.x[0, 1] * 0.5 if data.x.shape[1] > 1 else 0)
+    axes[0].imshow(shown, cmap="gray")
+    axes[0].set_title(f"input (label {int(data.y[0])})", fontsize=8)
+    for ax, t in zip(axes[1:], counts):
+        with model.recurrence.using(test_timesteps=t):
+            out = model(data.x)
+        picture = torch.sigmoid(out[0, 0]) if out.dim() == 4 else model.state[0].mean(0)
+        ax.imshow(picture, cmap="magma", vmin=0, vmax=1 if out.dim() == 4 else None)
+        ax.set_title(f"t = {t}", fontsize=8)
+    for ax in axes:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

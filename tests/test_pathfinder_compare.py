@@ -1,0 +1,96 @@
+"""The Pathfinder comparison driver: one result file per (set, model, seed), skipped when there
+(resume), a summary whose numbers are the result files' means, and the pictures."""
+
+import json
+import os
+import statistics
+
+import pytest
+
+from rpanoptic.pathfinder import PathfinderSpec, generate_pathfinder
+from rpanoptic.pathfinder.compare import (
+    plot_comparison,
+    plot_unfolding,
+    run_comparison,
+    summarize,
+)
+from rpanoptic.pathfinder.train import PathfinderRun
+
+BASE = PathfinderRun(
+    task="trace", channels=8, kernel_size=3, timesteps=2, neumann_steps=2, batch=4, iters=2,
+    eval_steps=[1, 2, 4], checkpoint_period=2,
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory):
+    base = tmp_path_factory.mktemp("pfc")
+    spec = PathfinderSpec(size=24, segments=3, snakes=2, dash=3.0, gap=1.5, margin=2)
+    root = str(base / "set")
+    generate_pathfinder(root, {"train": 8, "val": 4}, spec, seed=0)
+    results, output = str(base / "results"), str(base / "output")
+    logs = []
+    written = run_comparison(
+        {"easy": root}, BASE, results, output, ["ff", "hgru_crbp"], [0, 1], log=logs.append
+    )
+    return root, results, output, written
+
+
+def test_each_run_writes_its_result_and_a_rerun_skips_them(compared):
+    root, results, output, written = compared
+    names = sorted(os.path.basename(p) for p in written)
+    assert names == ["ff_s0.json", "ff_s1.json", "hgru_crbp_s0.json", "hgru_crbp_s1.json"]
+    result = json.load(open(os.path.join(results, "easy", "hgru_crbp_s1.json")))
+    assert result["run"]["grad"] == "crbp" and result["run"]["seed"] == 1
+    assert set(result["path_iou"]) == {"1", "2", "4"}
+    logs = []
+    again = run_comparison(
+        {"easy": root}, BASE, results, output, ["ff", "hgru_crbp"], [0, 1], log=logs.append
+    )
+    assert again == [] and sum(line.startswith("skip") for line in logs) == 4
+    with pytest.raises(ValueError, match="unknown models"):
+        run_comparison({"easy": root}, BASE, results, output, ["cnn"], [0])
+
+
+def test_summary_holds_the_means_of_the_result_files(compared):
+    _, results, _, _ = compared
+    rows = {r["model"]: r for r in summarize(results)}
+    assert set(rows) == {"ff", "hgru_crbp"} and rows["ff"]["seeds"] == 2
+    runs = [json.load(open(os.path.join(results, "easy", f"hgru_crbp_s{s}.json"))) for s in (0, 1)]
+    acc = [r["accuracy"]["2"] for r in runs]  # at the trained N = 2
+    assert rows["hgru_crbp"]["accuracy_N"].startswith(f"{statistics.mean(acc):.3f} ± ")
+    iou = [r["path_iou"]["4"] for r in runs]  # at the largest count
+    assert rows["hgru_crbp"]["path_iou_last"].startswith(f"{statistics.mean(iou):.3f}")
+    assert rows["hgru_crbp"]["N / last"] == "2 / 4" and rows["ff"]["N / last"] == "-"
+    text = open(os.path.join(results, "summary.md")).read()
+    assert text.count("\n") == 4 and "| easy | hgru_crbp | 2 |" in text
+
+
+def test_pictures(compared, tmp_path):
+    from dataclasses import replace
+
+    root, results, output, _ = compared
+    files = plot_comparison(results, "easy")
+    assert [os.path.basename(f) for f in files] == ["accuracy_vs_steps.png"]
+    assert os.path.getsize(files[0]) > 5000
+    run = replace(BASE, model="hgru", grad="crbp", seed=0)
+    checkpoint = os.path.join(output, "easy", "hgru_crbp_s0", "checkpoint.pth")
+    path = plot_unfolding(run, root, checkpoint, str(tmp_path / "u.png"), counts=(1, 2))
+    assert os.path.getsize(path) > 2000
+    with pytest.raises(ValueError, match="other settings"):
+        plot_unfolding(replace(run, seed=1), root, checkpoint, str(tmp_path / "v.png"))
+
+
+def test_script_report_only_and_bad_set(compared, capsys):
+    import importlib.util
+
+    _, results, _, _ = compared
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location(
+        "pathfinder_compare", os.path.join(here, "tools", "pathfinder_compare.py")
+    )
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.main(["--report-only", "--results", results]) == 0
+    assert "model=hgru_crbp" in capsys.readouterr().out
+    assert tool.main(["--sets", "huge", "--results", results]) == 2

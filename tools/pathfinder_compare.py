@@ -1,0 +1,116 @@
+#!/usr/bin/env python
+"""The Pathfinder comparison (`make pathfinder`): feed-forward baselines (ff, ff_large) and the
+hGRU trained with BPTT, RBP and C-RBP, on the same sets with the same settings, one result file
+per (set, model, seed) under --results (skipped when already there: rerun to resume), then
+summary.csv / summary.md, accuracy_vs_steps.png, accuracy_vs_set.png and an unfolding picture.
+
+  python tools/pathfinder_compare.py                       # easy, 32 px, 3 seeds (hours)
+  python tools/pathfinder_compare.py --sets easy,medium --models ff,hgru_crbp
+  python tools/pathfinder_compare.py --report-only          # tables and pictures only
+"""
+
+import argparse
+import os
+import sys
+from dataclasses import replace
+
+import torch
+
+from rpanoptic.pathfinder import DIFFICULTY, PathfinderSpec, generate_pathfinder
+from rpanoptic.pathfinder.compare import (
+    MODELS,
+    plot_comparison,
+    plot_unfolding,
+    run_comparison,
+    summarize,
+)
+from rpanoptic.pathfinder.train import PathfinderRun
+
+# The settings fixed in advance for every model (the models change only what MODELS says).
+BASE = PathfinderRun(
+    task="trace",
+    channels=8,
+    kernel_size=5,
+    timesteps=10,
+    neumann_steps=15,
+    lcp_weight=10.0,
+    iters=10000,
+    batch=16,
+    lr=3e-3,
+    checkpoint_period=1000,
+)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--sets", default="easy", help="difficulties, comma-separated")
+    p.add_argument("--models", default=",".join(MODELS), help="comma-separated")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--size", type=int, default=32, help="image side (px)")
+    p.add_argument("--snakes", type=int, default=3, help="paths per image")
+    p.add_argument("--train", type=int, default=40000, help="training images per set")
+    p.add_argument("--val", type=int, default=1000)
+    p.add_argument("--task", default=BASE.task, choices=["trace", "label"])
+    p.add_argument("--iters", type=int, default=BASE.iters)
+    p.add_argument("--data-root", default="datasets/pathfinder")
+    p.add_argument("--results", default="results/pathfinder/compare")
+    p.add_argument("--output", default="output/pathfinder_compare", help="checkpoints")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--report-only", action="store_true")
+    return p.parse_args(argv)
+
+
+def make_set(args, difficulty: str) -> str:
+    scale = args.size / PathfinderSpec.size
+    spec = PathfinderSpec(
+        size=args.size,
+        segments=DIFFICULTY[difficulty],
+        snakes=args.snakes,
+        dash=PathfinderSpec.dash * scale,
+        gap=PathfinderSpec.gap * scale,
+        width=max(1, round(PathfinderSpec.width * scale)),
+        dot_radius=PathfinderSpec.dot_radius * scale,
+        margin=max(1, round(PathfinderSpec.margin * scale)),
+    )
+    name = f"{difficulty}_{args.size}px_{args.snakes}paths_{args.train // 1000}k"
+    root = os.path.join(args.data_root, name)
+    generate_pathfinder(root, {"train": args.train, "val": args.val}, spec, seed=1, progress=True)
+    return root
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    names = [s for s in args.sets.split(",") if s]
+    bad = sorted(set(names) - set(DIFFICULTY))
+    if bad:
+        print(f"error: unknown sets {bad}; known: {sorted(DIFFICULTY)}", file=sys.stderr)
+        return 2
+    base = replace(BASE, task=args.task, iters=args.iters)
+    try:
+        if not args.report_only:
+            sets = {name: make_set(args, name) for name in names}
+            models = [m for m in args.models.split(",") if m]
+            seeds = [int(s) for s in args.seeds.split(",") if s]
+            run_comparison(sets, base, args.results, args.output, models, seeds)
+        rows = summarize(args.results)
+    except (FileNotFoundError, ValueError, FloatingPointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for row in rows:
+        print("  ".join(f"{k}={v}" for k, v in row.items()))
+    files = plot_comparison(args.results, names[0])
+    checkpoint = os.path.join(args.output, names[0], "hgru_crbp_s0", "checkpoint.pth")
+    if os.path.isfile(checkpoint) and not args.report_only:
+        run = replace(base, **MODELS["hgru_crbp"], seed=0)
+        root = make_set(args, names[0])
+        files.append(
+            plot_unfolding(run, root, checkpoint, os.path.join(args.results, "unfolding.png"))
+        )
+    for f in files:
+        print(f"wrote {f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
