@@ -265,12 +265,14 @@ def test_trace_label_logit_is_the_largest_pixel_logit_on_the_second_dot(tiny_tra
     assert dense.shape == (8, 1, 24, 24)
     for i in range(8):
         assert logits[i] == dense[i][data.probe[i]].max()
-    # The loss: the label's BCE plus the pixel BCE with path and background weighing half each.
+    # The loss: the label's BCE plus the pixel BCE where the cued path, the other bright pixels
+    # and the background weigh a third each.
     t = data.target
-    on = t.mean()
-    pos = F.binary_cross_entropy_with_logits(dense[t > 0], t[t > 0], reduction="sum")
-    neg = F.binary_cross_entropy_with_logits(dense[t == 0], t[t == 0], reduction="sum")
-    pixels = (0.5 / on * pos + 0.5 / (1 - on) * neg) / t.numel()
+    path, other = t > 0.5, (data.x[:, :1] > 0.5) & (t < 0.5)
+    background = ~(path | other)
+    assert other.any() and path.any()
+    bce = F.binary_cross_entropy_with_logits(dense, t, reduction="none")
+    pixels = sum(bce[g].sum() / g.sum() for g in (path, other, background)) / 3
     expected = F.binary_cross_entropy_with_logits(logits, data.y) + pixels
     with torch.no_grad():
         assert _loss(model, data, run)[0].item() == pytest.approx(expected.item(), rel=1e-5)

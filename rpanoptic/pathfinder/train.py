@@ -7,7 +7,8 @@ Two tasks on the same sets:
 
 - ``label`` (the paper's): the image in, one logit per image out, trained on the label alone.
 - ``trace``: the image and a cue (a disk on the first dot) in, one logit per pixel out, trained
-  on the mask of the path through the cued dot (class-balanced) and on the label, whose logit is
+  on the mask of the path through the cued dot (the path, the other bright pixels and the
+  background weigh a third each: see :func:`pixel_weights`) and on the label, whose logit is
   the largest pixel logit on the second dot. The answer is the same question (is the second
   dot on the cued path?), but every pixel of the path supervises, so far fewer images teach it.
 """
@@ -36,8 +37,10 @@ __all__ = [
     "PathfinderSplit",
     "build_model",
     "evaluate",
+    "label_logits",
     "load_split",
     "measure_step",
+    "pixel_weights",
     "run_and_report",
     "train",
 ]
@@ -167,14 +170,27 @@ def label_logits(model, batch: PathfinderSplit) -> Tuple[torch.Tensor, Optional[
     return out.masked_fill(~batch.probe, float("-inf")).amax(dim=(1, 2, 3)), out
 
 
+def pixel_weights(batch: PathfinderSplit) -> torch.Tensor:
+    """Weights of the trace task's pixel loss: the cued path, the other bright pixels (the other
+    paths and the dots: the distractors) and the background weigh a third each. With weights
+    by class alone (path against the rest), lighting every path costs almost nothing, as the
+    other paths are a few per cent of the background; this makes following the cued one pay."""
+    path = batch.target > 0.5
+    other = (batch.x[:, :1] > 0.5) & ~path
+    weight = torch.zeros_like(batch.target)
+    for group in (path, other, ~(path | other)):
+        share = group.float().mean().clamp_min(1e-4)
+        weight = weight + group * (1 / (3 * share))
+    return weight
+
+
 def _loss(model, batch: PathfinderSplit, run: PathfinderRun) -> Tuple[torch.Tensor, float]:
     logits, dense = label_logits(model, batch)
     loss = F.binary_cross_entropy_with_logits(logits, batch.y)
-    if dense is not None:  # class-balanced: path pixels and background weigh half each
-        t = batch.target
-        on = t.mean().clamp(1e-4, 1 - 1e-4)
-        weight = t * (0.5 / on) + (1 - t) * (0.5 / (1 - on))
-        loss = loss + F.binary_cross_entropy_with_logits(dense, t, weight=weight)
+    if dense is not None:
+        loss = loss + F.binary_cross_entropy_with_logits(
+            dense, batch.target, weight=pixel_weights(batch)
+        )
     lcp = getattr(getattr(model, "recurrence", None), "lcp", None)
     if lcp is not None:
         return loss + run.lcp_weight * lcp, float(lcp.detach())
