@@ -42,6 +42,18 @@ def test_labels_are_balanced_and_verified_by_the_rendered_paths(level):
         assert all((e["image"][m] == 255).all() for m in e["paths"])
 
 
+def test_the_distance_between_the_dots_does_not_tell_the_label():
+    """Negatives' dots are drawn as far apart as positives' would be: no threshold on the
+    distance beats chance by much (with path 1 drawn anywhere, one reached 0.75)."""
+    spec = PathfinderSpec(size=32, segments=6, snakes=3, dash=2.0, gap=1.0, dot_radius=0.8)
+    examples = [make_example(spec, 5, i) for i in range(300)]
+    distance = np.array([np.linalg.norm(e["dots"][1] - e["dots"][0]) for e in examples])
+    label = np.array([e["label"] for e in examples])
+    best = max(((distance < t) == label).mean() for t in np.unique(distance))
+    assert best < 0.62, best
+    assert all(check_label(spec, e) for e in examples)
+
+
 def test_the_check_catches_a_wrong_label():
     spec = PathfinderSpec(segments=9)
     for i in range(20):
@@ -150,6 +162,9 @@ def test_interrupted_training_resumes_to_the_same_weights(tiny_set, tmp_path, mo
         assert torch.equal(a, b), name
     with pytest.raises(ValueError, match="other settings"):
         train(build_model(run), data, _run(model=model, iters=9), str(tmp_path / "b"))
+    # A checkpoint of another data set is not resumed either.
+    with pytest.raises(ValueError, match="another data set"):
+        train(build_model(run), data, run, str(tmp_path / "b"), data_recipe={"seed": 9})
 
 
 def test_evaluate_sweeps_steps_like_separate_runs_and_reports_stability(tiny_set):

@@ -211,10 +211,12 @@ def train(
     run: PathfinderRun,
     output_dir: str,
     log: Callable[[str], None] = print,
+    data_recipe: Optional[Dict] = None,
 ) -> List[Dict]:
     """Train ``model`` on ``data`` (Adam, cosine decay); every ``checkpoint_period`` iterations
-    write ``output_dir/checkpoint.pth`` atomically. A checkpoint already there (from the same
-    settings) is resumed. Returns the history ({iteration, loss, lcp, accuracy} every 50
+    write ``output_dir/checkpoint.pth`` atomically. A checkpoint already there is resumed when
+    it has the same settings and ``data_recipe`` (the set's generator.json); otherwise a
+    ValueError says so. Returns the history ({iteration, loss, lcp, accuracy} every 50
     iterations). A non-finite loss raises FloatingPointError naming the iteration."""
     opt = torch.optim.Adam(model.parameters(), lr=run.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, run.iters)
@@ -226,6 +228,11 @@ def train(
         if state.get("run") != asdict(run):
             raise ValueError(
                 f"{path} was written by a run with other settings; use another --output-dir"
+            )
+        if state.get("data") != data_recipe:
+            raise ValueError(
+                f"{path} was written by a run on another data set (generator.json differs); "
+                "use another --output-dir"
             )
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -262,6 +269,7 @@ def train(
                     optimizer=opt.state_dict(),
                     scheduler=sched.state_dict(),
                     generator=gen.get_state(),
+                    data=data_recipe,
                     iteration=it + 1,
                     history=history,
                 )
@@ -341,8 +349,13 @@ def run_and_report(run: PathfinderRun, root: str, output_dir: str, log=print) ->
     train_data = load_split(root, "train", run.task)
     val_data = load_split(root, "val", run.task)
     model = build_model(run)
+    recipe_path = os.path.join(root, "generator.json")
+    recipe = None
+    if os.path.isfile(recipe_path):
+        with open(recipe_path) as f:
+            recipe = json.load(f)
     start = time.perf_counter()
-    history = train(model, train_data, run, output_dir, log)
+    history = train(model, train_data, run, output_dir, log, data_recipe=recipe)
     result = {
         "run": asdict(run),
         "data": root,
