@@ -309,3 +309,20 @@ def test_trace_evaluation_reports_path_iou_per_step_count(tiny_trace_set):
         assert result["path_iou"][t] == pytest.approx(iou.mean().item(), abs=1e-6)
         acc = ((logits > 0).float() == data.y).float().mean().item()
         assert result["accuracy"][t] == pytest.approx(acc)
+
+
+def test_a_tiny_trace_run_beats_chance_on_short_paths(tmp_path):
+    """Two-dash paths fit a small CNN's receptive field: 300 steps (seconds) learn them."""
+    import torch
+
+    from rpanoptic.pathfinder.train import PathfinderRun, build_model, evaluate, load_split, train
+
+    torch.manual_seed(0)
+    spec = PathfinderSpec(size=24, segments=2, snakes=2, dash=3.0, gap=1.5, margin=2)
+    root = str(tmp_path / "short")
+    generate_pathfinder(root, {"train": 600, "val": 200}, spec, seed=0)
+    run = PathfinderRun(task="trace", model="ff", channels=8, batch=16, iters=300, lr=1e-2)
+    model = build_model(run)
+    train(model, load_split(root, "train", "trace"), run, str(tmp_path / "run"), log=print)
+    accuracy = evaluate(model, load_split(root, "val", "trace"), [1])["accuracy"][1]
+    assert accuracy > 0.8, accuracy
