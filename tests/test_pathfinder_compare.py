@@ -84,13 +84,14 @@ def test_pictures(compared, tmp_path):
 def test_script_report_only_and_bad_set(compared, capsys):
     import importlib.util
 
-    _, results, _, _ = compared
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     spec = importlib.util.spec_from_file_location(
         "pathfinder_compare", os.path.join(here, "tools", "pathfinder_compare.py")
     )
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
-    assert tool.main(["--report-only", "--results", results]) == 0
+    _, results, output, _ = compared
+    argv = ["--report-only", "--results", results, "--output", output, "--data-root", output]
+    assert tool.main(argv) == 0
     assert "model=hgru_crbp" in capsys.readouterr().out
     assert tool.main(["--sets", "huge", "--results", results]) == 2

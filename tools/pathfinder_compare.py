@@ -60,7 +60,7 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def make_set(args, difficulty: str) -> str:
+def make_set(args, difficulty: str, generate: bool = True) -> str:
     scale = args.size / PathfinderSpec.size
     spec = PathfinderSpec(
         size=args.size,
@@ -74,7 +74,9 @@ def make_set(args, difficulty: str) -> str:
     )
     name = f"{difficulty}_{args.size}px_{args.snakes}paths_{args.train // 1000}k"
     root = os.path.join(args.data_root, name)
-    generate_pathfinder(root, {"train": args.train, "val": args.val}, spec, seed=1, progress=True)
+    if generate:
+        counts = {"train": args.train, "val": args.val}
+        generate_pathfinder(root, counts, spec, seed=1, progress=True)
     return root
 
 
@@ -101,9 +103,9 @@ def main(argv=None) -> int:
         print("  ".join(f"{k}={v}" for k, v in row.items()))
     files = plot_comparison(args.results, names[0])
     checkpoint = os.path.join(args.output, names[0], "hgru_crbp_s0", "checkpoint.pth")
-    if os.path.isfile(checkpoint) and not args.report_only:
+    root = make_set(args, names[0], generate=False)
+    if os.path.isfile(checkpoint) and os.path.isfile(os.path.join(root, "generator.json")):
         run = replace(base, **MODELS["hgru_crbp"], seed=0)
-        root = make_set(args, names[0])
         files.append(
             plot_unfolding(run, root, checkpoint, os.path.join(args.results, "unfolding.png"))
         )
