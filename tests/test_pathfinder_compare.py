@@ -62,6 +62,9 @@ def test_summary_holds_the_means_of_the_result_files(compared):
     iou = [r["path_iou"]["4"] for r in runs]  # at the largest count
     assert rows["hgru_crbp"]["path_iou_last"].startswith(f"{statistics.mean(iou):.3f}")
     assert rows["hgru_crbp"]["N / last"] == "2 / 4" and rows["ff"]["N / last"] == "-"
+    acc_2n = statistics.mean(r["accuracy"]["4"] for r in runs)  # 2N = 4; 3N = 6 not evaluated
+    assert rows["hgru_crbp"]["accuracy_2N"].startswith(f"{acc_2n:.3f}")
+    assert rows["hgru_crbp"]["accuracy_3N"] == "-" and rows["ff"]["accuracy_2N"] == "-"
     text = open(os.path.join(results, "summary.md")).read()
     assert text.count("\n") == 4 and "| easy | hgru_crbp | 2 |" in text
 

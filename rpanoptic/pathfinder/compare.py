@@ -98,8 +98,9 @@ def _at(result: Dict, key: str, count) -> Optional[float]:
 
 def summarize(results: str) -> List[Dict]:
     """One row per (set, model): seeds, parameters, accuracy (and path IoU for the trace task)
-    at the trained N and at the largest count evaluated, drift, spectral radius, memory kept for
-    backward and step time; written to ``summary.csv`` and ``summary.md`` in ``results``."""
+    at the trained N, 2N, 3N and the largest count evaluated (feed-forward: its one value, in
+    the N column), drift, spectral radius, memory kept for backward and step time; written to
+    ``summary.csv`` and ``summary.md`` in ``results``."""
     rows = []
     for set_name, models in _load(results).items():
         for model in sorted(models, key=lambda m: list(MODELS).index(m) if m in MODELS else 99):
@@ -109,8 +110,9 @@ def summarize(results: str) -> List[Dict]:
             last = max(int(k) for k in runs[0]["accuracy"]) if hgru else 1
             row = {"set": set_name, "model": model, "seeds": len(runs)}
             row["params"] = runs[0]["params"]
+            at = (("N", n), ("2N", 2 * n), ("3N", 3 * n), ("last", last)) if hgru else (("N", 1),)
             for name, key in (("accuracy", "accuracy"), ("path_iou", "path_iou")):
-                for label, count in (("N", n), ("last", last)):
+                for label, count in at:
                     values = [v for r in runs if (v := _at(r, key, count)) is not None]
                     row[f"{name}_{label}"] = _mean_sd(values)
             row["N / last"] = f"{n} / {last}" if hgru else "-"
@@ -119,7 +121,8 @@ def summarize(results: str) -> List[Dict]:
                 row[key] = f"{statistics.mean(values):.3g}" if values else "-"
             rows.append(row)
     if rows:
-        header = list(rows[0])
+        header = list(dict.fromkeys(k for r in rows for k in r))  # ff rows lack 2N, 3N, last
+        rows = [{h: r.get(h, "-") for h in header} for r in rows]
         atomic_write(
             os.path.join(results, "summary.csv"),
             lambda f: _write_csv(f, header, rows),
