@@ -2,6 +2,10 @@
 (no Detectron2): are two marker dots at the ends of the same dashed curve?
 
 - :mod:`.generator` -- images, labels and the target path's mask, deterministic by seed.
+- :mod:`.data` -- loading a set for the label or the trace task.
+- :mod:`.models` -- the hGRU model and the feed-forward baselines.
+- :mod:`.train` -- training (the four learning modes), the stability evaluation, cost.
+- :mod:`.compare` -- the comparison over models and seeds, its table and pictures.
 """
 
 from .generator import DIFFICULTY, PathfinderSpec, check_label, generate_pathfinder, make_example

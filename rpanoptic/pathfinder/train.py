@@ -14,22 +14,20 @@ Two tasks on the same sets:
 """
 
 import contextlib
-import csv
 import json
 import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from ..recurrence import sweep
 from ..recurrence.memory import SavedTensorMeter
 from ..utils import atomic_write, atomic_write_json
+from .data import PathfinderSplit, load_split
 from .models import FeedForwardPathfinder, HGRUPathfinder, count_parameters
 
 __all__ = [
@@ -70,75 +68,6 @@ class PathfinderRun:
     def counts(self) -> List[int]:
         n = self.timesteps
         return sorted(set(self.eval_steps) or {1, n // 2 or 1, n, 2 * n, 3 * n, 40})
-
-
-class PathfinderSplit(NamedTuple):
-    """A loaded split: ``x`` (N, C, H, W) in [0, 1] (C = 1: image; 2: image and cue), ``y`` (N,)
-    labels; for the trace task also ``target`` (N, 1, H, W) float mask of the path through the
-    first dot and ``probe`` (N, 1, H, W) bool disk on the second dot."""
-
-    x: torch.Tensor
-    y: torch.Tensor
-    target: Optional[torch.Tensor] = None
-    probe: Optional[torch.Tensor] = None
-
-    def take(self, idx) -> "PathfinderSplit":
-        return PathfinderSplit(*(None if t is None else t[idx] for t in self))
-
-    def __len__(self) -> int:  # the number of examples (not of fields)
-        return len(self.y)
-
-
-def _read_png(path: str) -> np.ndarray:
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
-    except (OSError, ValueError) as e:
-        raise ValueError(f"pathfinder image {path} cannot be read ({e}): make the set again")
-
-
-def _disks(rows, xk: str, yk: str, radius: float, size: int) -> torch.Tensor:
-    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-    cx = torch.tensor([float(r[xk]) for r in rows])[:, None, None]
-    cy = torch.tensor([float(r[yk]) for r in rows])[:, None, None]
-    return ((xx - cx) ** 2 + (yy - cy) ** 2 <= radius**2)[:, None]
-
-
-def load_split(root: str, split: str, task: str = "label") -> PathfinderSplit:
-    """``root/split`` (labels.csv + PNGs) for ``task`` ("label" or "trace")."""
-    if task not in ("label", "trace"):
-        raise ValueError(f"pathfinder: task={task!r} is invalid; allowed: 'label' | 'trace'")
-    folder = os.path.join(root, split)
-    table = os.path.join(folder, "labels.csv")
-    if not os.path.isfile(table):
-        raise FileNotFoundError(
-            f"pathfinder split {folder} has no labels.csv: make it with "
-            "python datasets/prepare_pathfinder.py (see its --help)"
-        )
-    with open(table) as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        raise ValueError(f"pathfinder split {table} has no examples: make the set again")
-    x = torch.from_numpy(np.stack([_read_png(os.path.join(folder, r["file"])) for r in rows]))
-    x = x[:, None]
-    y = torch.tensor([float(r["label"]) for r in rows])
-    if task == "label":
-        return PathfinderSplit(x, y)
-    if not {"x0", "y0", "x1", "y1"} <= set(rows[0]):
-        raise ValueError(
-            f"{table} has no dot centres (x0, y0, x1, y1): it was made by an older generator; "
-            "run python datasets/prepare_pathfinder.py again with the same flags"
-        )
-    with open(os.path.join(root, "generator.json")) as f:
-        radius = float(json.load(f)["spec"]["dot_radius"])
-    size = x.shape[-1]
-    cue = _disks(rows, "x0", "y0", radius, size).float()
-    probe = _disks(rows, "x1", "y1", radius + 1.0, size)
-    target = [
-        _read_png(os.path.join(folder, r["file"][: -len(".png")] + "_target.png")) for r in rows
-    ]
-    target = (torch.from_numpy(np.stack(target))[:, None] > 0.5).float()
-    return PathfinderSplit(torch.cat([x, cue], 1), y, target, probe)
 
 
 def build_model(run: PathfinderRun) -> torch.nn.Module:
