@@ -9,6 +9,7 @@ import pytest
 
 from rpanoptic.pathfinder import PathfinderSpec, generate_pathfinder
 from rpanoptic.pathfinder.compare import (
+    memory_vs_steps,
     plot_comparison,
     plot_unfolding,
     run_comparison,
@@ -98,3 +99,18 @@ def test_script_report_only_and_bad_set(compared, capsys):
     assert tool.main(argv) == 0
     assert "model=hgru_crbp" in capsys.readouterr().out
     assert tool.main(["--sets", "huge", "--results", results]) == 2
+
+
+def test_memory_vs_steps_grows_with_n_for_bptt_only(compared, tmp_path):
+    root, _, _, _ = compared
+    rows = memory_vs_steps(BASE, root, str(tmp_path), counts=(2, 8), grads=("bptt", "crbp"))
+    saved = {(r["grad"], r["N"]): r["saved_mb"] for r in rows}
+    # BPTT keeps every step's graph: about four times as much at N = 8 as at N = 2.
+    assert 3.0 < saved["bptt", 8] / saved["bptt", 2] < 4.5
+    # C-RBP keeps one step's graph whatever N is, less than BPTT's at N = 2.
+    assert saved["crbp", 8] == pytest.approx(saved["crbp", 2], rel=0.01)
+    assert saved["crbp", 8] < saved["bptt", 2]
+    with open(tmp_path / "memory_vs_steps.csv") as f:
+        lines = f.read().splitlines()
+    assert lines[0] == "grad,N,saved_mb,step_ms" and len(lines) == 5
+    assert (tmp_path / "memory_vs_steps.png").stat().st_size > 1000

@@ -19,6 +19,7 @@ import torch
 from rpanoptic.pathfinder import DIFFICULTY, PathfinderSpec, generate_pathfinder
 from rpanoptic.pathfinder.compare import (
     MODELS,
+    memory_vs_steps,
     plot_comparison,
     plot_unfolding,
     run_comparison,
@@ -104,11 +105,15 @@ def main(argv=None) -> int:
     files = plot_comparison(args.results, names[0])
     checkpoint = os.path.join(args.output, names[0], "hgru_crbp_s0", "checkpoint.pth")
     root = make_set(args, names[0], generate=False)
-    if os.path.isfile(checkpoint) and os.path.isfile(os.path.join(root, "generator.json")):
-        run = replace(base, **MODELS["hgru_crbp"], seed=0)
-        files.append(
-            plot_unfolding(run, root, checkpoint, os.path.join(args.results, "unfolding.png"))
-        )
+    if os.path.isfile(os.path.join(root, "generator.json")):
+        for row in memory_vs_steps(base, root, args.results):
+            print(f"memory: {row['grad']} N={row['N']}: {row['saved_mb']:.2f} MB kept, "
+                  f"{row['step_ms']:.0f} ms per step")  # fmt: skip
+        files.append(os.path.join(args.results, "memory_vs_steps.png"))
+        if os.path.isfile(checkpoint):
+            run = replace(base, **MODELS["hgru_crbp"], seed=0)
+            picture = os.path.join(args.results, "unfolding.png")
+            files.append(plot_unfolding(run, root, checkpoint, picture))
     for f in files:
         print(f"wrote {f}")
     return 0

@@ -20,9 +20,16 @@ import numpy as np
 import torch
 
 from ..utils import atomic_write, pyplot
-from .train import PathfinderRun, build_model, load_split, run_and_report
+from .train import PathfinderRun, build_model, load_split, measure_step, run_and_report
 
-__all__ = ["MODELS", "run_comparison", "summarize", "plot_comparison", "plot_unfolding"]
+__all__ = [
+    "MODELS",
+    "run_comparison",
+    "summarize",
+    "memory_vs_steps",
+    "plot_comparison",
+    "plot_unfolding",
+]
 
 # The compared models, as changes to the shared settings. "ff" is about the hGRU model's size
 # (8 channels); "ff_large" several times it. RBP is C-RBP without the penalty.
@@ -135,6 +142,47 @@ def summarize(results: str) -> List[Dict]:
             lambda f: f.write("\n".join(lines) + "\n"),
             binary=False,
         )
+    return rows
+
+
+def memory_vs_steps(
+    base: PathfinderRun,
+    root: str,
+    results: str,
+    counts: Sequence[int] = (2, 5, 10, 20, 40),
+    grads: Sequence[str] = ("bptt", "crbp"),
+) -> List[Dict]:
+    """Memory kept for backward and step time of the hGRU model trained with each mode in
+    ``grads`` at each step count N in ``counts`` (untrained weights: what is kept does not
+    depend on their values), on a batch of ``root``'s train split; written to
+    ``memory_vs_steps.csv`` and ``memory_vs_steps.png`` in ``results``. This is the paper's
+    "C-RBP at large N within the memory of BPTT at small N", measured on this model."""
+    data = load_split(root, "train", base.task)
+    rows = []
+    for grad in grads:
+        for n in counts:
+            run = replace(base, **{**MODELS["hgru_crbp"], "grad": grad, "timesteps": n})
+            rows.append({"grad": grad, "N": n, **measure_step(build_model(run), data, run)})
+    header = ["grad", "N", "saved_mb", "step_ms"]
+    atomic_write(
+        os.path.join(results, "memory_vs_steps.csv"),
+        lambda f: _write_csv(f, header, rows),
+        binary=False,
+    )
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for grad in grads:
+        mine = [r for r in rows if r["grad"] == grad]
+        for ax, key in zip(axes, ("saved_mb", "step_ms")):
+            ax.plot([r["N"] for r in mine], [r[key] for r in mine], marker="o", label=grad)
+    for ax, label in zip(axes, ("memory kept for backward (MB)", "training step (ms)")):
+        ax.set_xlabel("training steps N")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Pathfinder hGRU, batch {base.batch}: cost against N")
+    fig.tight_layout()
+    fig.savefig(os.path.join(results, "memory_vs_steps.png"), dpi=110)
+    plt.close(fig)
     return rows
 
 
