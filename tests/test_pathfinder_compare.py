@@ -6,6 +6,7 @@ import os
 import statistics
 
 import pytest
+import torch
 
 from rpanoptic.pathfinder import PathfinderSpec, generate_pathfinder
 from rpanoptic.pathfinder.compare import (
@@ -114,3 +115,33 @@ def test_memory_vs_steps_grows_with_n_for_bptt_only(compared, tmp_path):
         lines = f.read().splitlines()
     assert lines[0] == "grad,N,saved_mb,step_ms" and len(lines) == 5
     assert (tmp_path / "memory_vs_steps.png").stat().st_size > 1000
+
+
+def test_fixed_point_table_matches_direct_diagnostics(compared, tmp_path):
+    from dataclasses import replace
+
+    from rpanoptic.pathfinder.compare import MODELS
+    from rpanoptic.pathfinder.fixed_point import fixed_point_table, load_trained
+    from rpanoptic.pathfinder.train import load_split
+    from rpanoptic.recurrence.diagnostics import fixed_point_residual, spectral_radius
+
+    root, _, output, _ = compared
+    checkpoints = os.path.join(output, "easy")
+    rows = fixed_point_table(BASE, MODELS, root, checkpoints, str(tmp_path), seeds=(0, 1, 7))
+    assert [(r["model"], r["seed"]) for r in rows] == [("hgru_crbp", 0), ("hgru_crbp", 1)]
+    run = replace(BASE, **MODELS["hgru_crbp"], seed=1)
+    model = load_trained(run, os.path.join(checkpoints, "hgru_crbp_s1", "checkpoint.pth"))
+    val = load_split(root, "val", "trace")
+    rec = model.recurrence
+    for t in (2, 40):  # the trained N and 40
+        with torch.no_grad(), rec.using(test_timesteps=t), rec.recording() as record:
+            model(val.x)
+        residual = fixed_point_residual(rec.cell, record.input, record.state).median().item()
+        radius = spectral_radius(rec.cell, record.input, record.state, iters=40).median().item()
+        assert rows[1][f"residual_t{t}"] == pytest.approx(residual, rel=1e-5)
+        assert rows[1][f"spectral_radius_t{t}"] == pytest.approx(radius, rel=1e-5)
+    # One RBP series per training sample: the fallback share is a fraction, the terms at most K.
+    assert 0.0 <= rows[1]["fallback_fraction"] <= 1.0
+    assert 0.0 < rows[1]["neumann_terms"] <= BASE.neumann_steps
+    with open(tmp_path / "fixed_point.csv") as f:
+        assert f.readline().startswith("model,seed,residual_t2,residual_t40,spectral_radius_t2")

@@ -25,6 +25,7 @@ from rpanoptic.pathfinder.compare import (
     run_comparison,
     summarize,
 )
+from rpanoptic.pathfinder.fixed_point import fixed_point_table
 from rpanoptic.pathfinder.train import PathfinderRun
 
 # The settings fixed in advance for every model (the models change only what MODELS says).
@@ -110,6 +111,10 @@ def main(argv=None) -> int:
             print(f"memory: {row['grad']} N={row['N']}: {row['saved_mb']:.2f} MB kept, "
                   f"{row['step_ms']:.0f} ms per step")  # fmt: skip
         files.append(os.path.join(args.results, "memory_vs_steps.png"))
+        checkpoints = os.path.join(args.output, names[0])
+        for row in fixed_point_table(base, MODELS, root, checkpoints, args.results):
+            print("fixed point: " + "  ".join(f"{k}={v:.3g}" if isinstance(v, float) else
+                                              f"{k}={v}" for k, v in row.items()))  # fmt: skip
         if os.path.isfile(checkpoint):
             run = replace(base, **MODELS["hgru_crbp"], seed=0)
             picture = os.path.join(args.results, "unfolding.png")

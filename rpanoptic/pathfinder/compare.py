@@ -13,13 +13,14 @@ import json
 import os
 import shutil
 import statistics
-from dataclasses import asdict, replace
+from dataclasses import replace
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 
 from ..utils import atomic_write, pyplot
+from .fixed_point import load_trained
 from .train import PathfinderRun, build_model, load_split, measure_step, run_and_report
 
 __all__ = [
@@ -252,12 +253,7 @@ def plot_unfolding(
     """One val example through a trained hGRU model: the image (and the cue), then the model's
     output (trace: the pixel probabilities; label: the state's mean over channels) after each
     step count in ``counts``."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    if state.get("run") != asdict(run):
-        raise ValueError(f"{checkpoint} was written by a run with other settings")
-    model = build_model(run)
-    model.load_state_dict(state["model"])
-    model.eval()
+    model = load_trained(run, checkpoint)
     data = load_split(root, "val", run.task).take(slice(1, 2))  # a positive example
     plt = pyplot()
     fig, axes = plt.subplots(1, len(counts) + 1, figsize=(2 * (len(counts) + 1), 2.3))

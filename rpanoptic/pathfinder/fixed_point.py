@@ -1,0 +1,117 @@
+"""Is a trained Pathfinder hGRU at a fixed point, and is RBP's gradient valid there?
+
+RBP and C-RBP assume that the forward iteration has reached a state h* = F(x, h*) where the
+step is a contraction (spectral radius of J = dF/dh below 1): then the Neumann series of the
+backward pass converges to the implicit gradient. Accuracy that stays flat past the trained N
+does not show this (a read-out can be steady while the state keeps moving), so this module
+measures it on a trained checkpoint:
+
+- ``residual``: ||F(x, h_t) - h_t|| / ||h_t|| after t steps (0 at a fixed point);
+- ``spectral_radius``: the power-iteration estimate at h_t (``diagnostics.spectral_radius``);
+- ``fallback_fraction`` and ``neumann_terms``: on one training batch, the share of samples whose
+  RBP series the engine's safeguard stopped because a term outgrew the first (a divergent
+  series) and the mean number of terms added. It is measured with the model's weights in "rbp"
+  mode whatever mode trained them, so that BPTT-trained models are asked the same question.
+"""
+
+import csv
+import os
+from dataclasses import asdict, replace
+from typing import Dict, List, Sequence
+
+import torch
+
+from ..recurrence.diagnostics import fixed_point_residual, spectral_radius
+from ..utils import atomic_write
+from .data import PathfinderSplit, load_split
+from .train import PathfinderRun, _loss, build_model
+
+__all__ = ["load_trained", "fixed_point_diagnostics", "fixed_point_table"]
+
+
+def load_trained(run: PathfinderRun, checkpoint: str) -> torch.nn.Module:
+    """The model of ``run`` with the weights of ``checkpoint`` (a ``train`` checkpoint written by
+    a run with exactly these settings), in eval mode."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    if state.get("run") != asdict(run):
+        raise ValueError(f"{checkpoint} was written by a run with other settings")
+    model = build_model(run)
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
+def fixed_point_diagnostics(
+    model: torch.nn.Module,
+    run: PathfinderRun,
+    val: PathfinderSplit,
+    train: PathfinderSplit,
+    counts: Sequence[int] = (),
+    power_iters: int = 40,
+) -> Dict:
+    """Median residual and spectral radius over ``val``'s images after each step count in
+    ``counts`` (default: N and 40), and the RBP fallback fraction and mean Neumann terms of one
+    training step on the first ``run.batch`` images of ``train``."""
+    rec = model.recurrence
+    model.eval()
+    out: Dict = {"residual": {}, "spectral_radius": {}}
+    for t in counts or (run.timesteps, 40):
+        with torch.no_grad(), rec.using(test_timesteps=t), rec.recording() as record:
+            model(val.x)
+        x, h = record.input, record.state
+        out["residual"][t] = fixed_point_residual(rec.cell, x, h).median().item()
+        radius = spectral_radius(rec.cell, x, h, iters=power_iters)
+        out["spectral_radius"][t] = radius.median().item()
+    probe = build_model(replace(run, grad="rbp"))
+    probe.load_state_dict(model.state_dict())
+    probe.train()
+    probe.recurrence.reset_neumann_stats()
+    loss, _ = _loss(probe, train.take(slice(0, run.batch)), replace(run, grad="rbp"))
+    loss.backward()
+    fallbacks, terms, series = probe.recurrence.neumann_stats("cpu").tolist()
+    out["fallback_fraction"] = fallbacks / max(series, 1)
+    out["neumann_terms"] = terms / max(series, 1)
+    return out
+
+
+def fixed_point_table(
+    base: PathfinderRun,
+    models: Dict[str, Dict],
+    root: str,
+    checkpoints: str,
+    results: str,
+    seeds: Sequence[int] = (0,),
+    images: int = 64,
+) -> List[Dict]:
+    """:func:`fixed_point_diagnostics` for every hGRU model in ``models`` (name -> changes to
+    ``base``, as ``compare.MODELS``) and seed whose checkpoint ``<checkpoints>/<name>_s<seed>/
+    checkpoint.pth`` exists, on the first ``images`` val images of ``root``; written to
+    ``fixed_point.csv`` in ``results``. Returns the rows."""
+    val = load_split(root, "val", base.task).take(slice(0, images))
+    train = load_split(root, "train", base.task)
+    rows = []
+    for name, changes in models.items():
+        run0 = replace(base, **changes)
+        if run0.model != "hgru":
+            continue
+        for seed in seeds:
+            checkpoint = os.path.join(checkpoints, f"{name}_s{seed}", "checkpoint.pth")
+            if not os.path.isfile(checkpoint):
+                continue
+            run = replace(run0, seed=seed)
+            found = fixed_point_diagnostics(load_trained(run, checkpoint), run, val, train)
+            row = {"model": name, "seed": seed}
+            for key in ("residual", "spectral_radius"):
+                row.update({f"{key}_t{t}": v for t, v in found[key].items()})
+            row["fallback_fraction"] = found["fallback_fraction"]
+            row["neumann_terms"] = found["neumann_terms"]
+            rows.append(row)
+    if rows:
+        header = list(dict.fromkeys(k for r in rows for k in r))
+
+        def write(f):
+            writer = csv.DictWriter(f, fieldnames=header)
+            writer.writeheader()
+            writer.writerows(rows)
+
+        atomic_write(os.path.join(results, "fixed_point.csv"), write, binary=False)
+    return rows
