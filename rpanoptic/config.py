@@ -27,8 +27,14 @@ def add_rpanoptic_config(cfg: CN) -> CN:
     cfg.MODEL.RECURRENT.LCP_WEIGHT = 1e-3
     # How the penalty reduces over the state's elements: "sum" (authors' panoptic code) | "mean".
     cfg.MODEL.RECURRENT.LCP_REDUCTION = "sum"
-    # tau of the penalty: the bound on the Jacobian's column sums.
+    # tau of the penalty: the bound on the Jacobian's column sums ("ones") or its spectral
+    # radius ("power").
     cfg.MODEL.RECURRENT.LCP_TAU = 0.9
+    # The penalty's vector: "ones" (the authors': column sums of the Jacobian, blind to entries
+    # of opposite signs) | "power" (its dominant left eigenvector by power iteration: bounds the
+    # spectral radius; LCP_POWER_ITERS more vector-Jacobian products per step).
+    cfg.MODEL.RECURRENT.LCP_VECTOR = "ones"
+    cfg.MODEL.RECURRENT.LCP_POWER_ITERS = 5
     # Relative-change tolerance of per-sample halting at inference; 0 disables.
     cfg.MODEL.RECURRENT.HALT_TOL = 0.0
     # Raise FloatingPointError naming the layer and step when a state becomes non-finite.

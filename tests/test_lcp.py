@@ -117,3 +117,91 @@ def test_sgd_on_lcp_alone_shrinks_spectral_radius():
         opt.step()
     after = radius()
     assert after < before - 0.05, (before, after)
+
+
+# The power vector (lcp_vector="power"): the penalty bounds the spectral radius, which the
+# ones-vector misses when columns cancel. A = [[2, -3], [-1.5, 2.5]]: column sums 0.5 and -0.5,
+# eigenvalues (4.5 +- sqrt(18.25)) / 2 = 4.386 and 0.114.
+BLIND = [[2.0, -3.0], [-1.5, 2.5]]
+RHO = (4.5 + 18.25**0.5) / 2
+
+
+def _left_eigenvector(matrix):
+    values, vectors = torch.linalg.eig(torch.as_tensor(matrix, dtype=torch.float64).T)
+    v = vectors[:, values.abs().argmax()].real
+    return v / v.norm()
+
+
+@pytest.mark.parametrize("grad", ["cbptt", "crbp"])
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_power_vector_penalty_is_the_spectral_radius_closed_form(grad, reduction):
+    from _cells import MatrixCell
+
+    cell = MatrixCell(BLIND)
+    x = drive((3, 2, 1, 1))
+    samples = 3 if reduction == "sum" else 1
+    ones = Recurrence(cell, 2, grad=grad, lcp_tau=0.9, lcp_reduction=reduction).train()
+    ones(x)
+    assert ones.lcp.item() == 0.0  # every column sum is below tau: the ones-vector sees nothing
+    rec = Recurrence(
+        cell, 2, grad=grad, lcp_tau=0.9, lcp_reduction=reduction, lcp_vector="power",
+        lcp_power_iters=30,
+    )  # fmt: skip
+    rec.train()(x)
+    expected = samples * (RHO - 0.9) ** 2
+    torch.testing.assert_close(rec.lcp.detach(), torch.tensor(expected, dtype=torch.float64))
+    # d/dA relu(||v A|| - tau)^2 with v the unit left eigenvector (v A = rho v) held constant:
+    # 2 (rho - tau) v v^T per sample.
+    (grad_a,) = torch.autograd.grad(rec.lcp, [cell.matrix])
+    v = _left_eigenvector(BLIND)
+    torch.testing.assert_close(grad_a, samples * 2 * (RHO - 0.9) * torch.outer(v, v))
+
+
+def test_power_penalty_in_an_hgru_equals_the_dense_jacobian_product():
+    from rpanoptic.recurrence import power_lcp, power_vector
+
+    cell = small_hgru(norm="GN", timesteps=20)
+    x = drive(requires_grad=False)
+    h = torch.rand_like(x).requires_grad_()
+    out = cell(x, h)
+    v = power_vector(out, h, iters=7)
+    assert torch.allclose(v.flatten(1).norm(dim=1), torch.ones(2, dtype=torch.float64))
+    n = h[0].numel()
+    tau = 0.01
+    expected = []
+    for b in range(2):  # GN: each sample's Jacobian is its own block
+        jac = torch.autograd.functional.jacobian(lambda s: cell(x[b : b + 1], s), h[b : b + 1])
+        u = v[b].reshape(1, n) @ jac.detach().reshape(n, n)
+        expected.append(torch.relu(u.norm() - tau) ** 2)
+    torch.testing.assert_close(power_lcp(out, h, v, tau, "sum"), sum(expected))
+    torch.testing.assert_close(
+        lcp_penalty(cell(x, h), h, tau, "mean", vector="power", power_iters=7),
+        sum(expected) / 2,
+    )
+
+
+def test_sgd_on_power_lcp_contracts_a_cell_the_ones_vector_cannot_see():
+    from _cells import MatrixCell
+
+    x = drive((2, 2, 1, 1))
+    radii = {}
+    for vector in ("ones", "power"):
+        cell = MatrixCell(BLIND)
+        rec = Recurrence(cell, 2, grad="crbp", lcp_tau=0.9, lcp_vector=vector).train()
+        opt = torch.optim.SGD(cell.parameters(), lr=0.02)
+        for _ in range(300):
+            opt.zero_grad()
+            rec(x)
+            if rec.lcp.requires_grad:
+                rec.lcp.backward()
+            opt.step()
+        radii[vector] = torch.linalg.eigvals(cell.matrix.detach()).abs().max().item()
+    assert radii["ones"] == pytest.approx(RHO)  # no gradient: the matrix never moved
+    assert radii["power"] < 0.95, radii
+
+
+def test_bad_lcp_vector_settings_are_named():
+    with pytest.raises(ValueError, match="lcp_vector='abs'.*'ones', 'power'"):
+        Recurrence(LinearCell(0.5), 3, lcp_vector="abs")
+    with pytest.raises(ValueError, match="lcp_power_iters"):
+        Recurrence(LinearCell(0.5), 3, lcp_vector="power", lcp_power_iters=0)

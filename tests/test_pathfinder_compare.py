@@ -145,3 +145,30 @@ def test_fixed_point_table_matches_direct_diagnostics(compared, tmp_path):
     assert 0.0 < rows[1]["neumann_terms"] <= BASE.neumann_steps
     with open(tmp_path / "fixed_point.csv") as f:
         assert f.readline().startswith("model,seed,residual_t2,residual_t40,spectral_radius_t2")
+
+
+def test_checkpoints_from_before_a_setting_existed_load_with_its_default(compared, tmp_path):
+    from dataclasses import replace
+
+    from rpanoptic.pathfinder.compare import MODELS
+    from rpanoptic.pathfinder.fixed_point import load_trained
+
+    _, _, output, _ = compared
+    run = replace(BASE, **MODELS["hgru_crbp"], seed=0)
+    state = torch.load(
+        os.path.join(output, "easy", "hgru_crbp_s0", "checkpoint.pth"), weights_only=True
+    )
+    del state["run"]["lcp_vector"]  # as written before lcp_vector was a setting
+    torch.save(state, tmp_path / "old.pth")
+    model = load_trained(run, str(tmp_path / "old.pth"))
+    assert model.recurrence.lcp_vector == "ones"
+    with pytest.raises(ValueError, match="other settings"):
+        load_trained(replace(run, **MODELS["hgru_crbp_power"]), str(tmp_path / "old.pth"))
+    power = load_trained(replace(run, lcp_vector="power"), _saved(tmp_path, state, "power"))
+    assert power.recurrence.lcp_vector == "power"
+
+
+def _saved(tmp_path, state, vector):
+    state = {**state, "run": {**state["run"], "lcp_vector": vector}}
+    torch.save(state, tmp_path / f"{vector}.pth")
+    return str(tmp_path / f"{vector}.pth")

@@ -21,6 +21,8 @@ pytestmark = pytest.mark.usefixtures("event_storage")
         ("MODEL.RECURRENT.LCP_TAU", 1.0, r"LCP_TAU = 1.0.*0 < value < 1"),
         ("MODEL.RECURRENT.HALT_TOL", -1.0, r"HALT_TOL = -1.0"),
         ("MODEL.RECURRENT.COMPILE", "yes", r"False vs. yes.*MODEL.RECURRENT.COMPILE"),
+        ("MODEL.RECURRENT.LCP_VECTOR", "abs", r"LCP_VECTOR = 'abs'.*'ones', 'power'"),
+        ("MODEL.RECURRENT.LCP_POWER_ITERS", 0, r"LCP_POWER_ITERS = 0.*>= 1"),
         ("MODEL.HGRU.NORM", "LN", r"MODEL.HGRU.NORM = 'LN'.*'GN'"),
         ("MODEL.HGRU.NONLINEARITY", "gelu", r"NONLINEARITY = 'gelu'.*'softplus'"),
         ("MODEL.HGRU.KERNEL_SIZE", 4, r"KERNEL_SIZE = 4.*odd"),
@@ -63,3 +65,20 @@ def test_compile_key_reaches_every_recurrent_layer():
     assert all(rec._compiled_step.name == name for name, rec in layers.items())
     plain = recurrent_layers(build_model(tiny_cfg(RFPN)))
     assert not any(rec.compile_steps for rec in plain.values())
+
+
+def test_power_lcp_keys_reach_every_recurrent_layer_and_its_loss():
+    from rpanoptic.modeling.recurrence import recurrent_layers
+
+    cfg = tiny_cfg(RFPN, "MODEL.RECURRENT.LCP_VECTOR", "power")
+    cfg.MODEL.RECURRENT.LCP_POWER_ITERS = 3
+    model = build_model(cfg).train()
+    layers = recurrent_layers(model)
+    assert layers and all(
+        rec.lcp_vector == "power" and rec.lcp_power_iters == 3 for rec in layers.values()
+    )
+    model(fake_batch(1))
+    assert all(rec.lcp is not None and rec.lcp.requires_grad for rec in layers.values())
+    assert all(
+        rec.lcp_vector == "ones" for rec in recurrent_layers(build_model(tiny_cfg(RFPN))).values()
+    )

@@ -18,6 +18,7 @@ import torch
 
 from rpanoptic.pathfinder import DIFFICULTY, PathfinderSpec, generate_pathfinder
 from rpanoptic.pathfinder.compare import (
+    DEFAULT_MODELS,
     MODELS,
     memory_vs_steps,
     plot_comparison,
@@ -46,7 +47,11 @@ BASE = PathfinderRun(
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--sets", default="easy", help="difficulties, comma-separated")
-    p.add_argument("--models", default=",".join(MODELS), help="comma-separated")
+    p.add_argument(
+        "--models",
+        default=",".join(DEFAULT_MODELS),
+        help=f"comma-separated, of: {', '.join(MODELS)}",
+    )
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--size", type=int, default=32, help="image side (px)")
     p.add_argument("--snakes", type=int, default=3, help="paths per image")

@@ -30,6 +30,8 @@ _ENGINE_KEYS = {
     "MODEL.RECURRENT.NEUMANN_RTOL": (RECURRENCE_ARGUMENTS, "neumann_rtol"),
     "MODEL.RECURRENT.LCP_REDUCTION": (RECURRENCE_ARGUMENTS, "lcp_reduction"),
     "MODEL.RECURRENT.LCP_TAU": (RECURRENCE_ARGUMENTS, "lcp_tau"),
+    "MODEL.RECURRENT.LCP_VECTOR": (RECURRENCE_ARGUMENTS, "lcp_vector"),
+    "MODEL.RECURRENT.LCP_POWER_ITERS": (RECURRENCE_ARGUMENTS, "lcp_power_iters"),
     "MODEL.RECURRENT.HALT_TOL": (RECURRENCE_ARGUMENTS, "halt_tol"),
     "MODEL.RECURRENT.COMPILE": (RECURRENCE_ARGUMENTS, "compile_steps"),
     "MODEL.HGRU.KERNEL_SIZE": (HGRU_ARGUMENTS, "kernel_size"),
@@ -77,7 +79,8 @@ def build_recurrence(cfg, channels: int, name: str = "recurrence") -> Recurrence
     """A :class:`Recurrence` (named ``name``, its module path in the model) of an
     :class:`HGRUCell` with ``channels``, as MODEL.RECURRENT and
     MODEL.HGRU say. Reads: MODEL.RECURRENT.{GRAD, TIMESTEPS, TEST_TIMESTEPS, NEUMANN_STEPS,
-    NEUMANN_RTOL, LCP_TAU, LCP_REDUCTION, HALT_TOL, CHECK_FINITE, COMPILE},
+    NEUMANN_RTOL, LCP_TAU, LCP_REDUCTION, LCP_VECTOR, LCP_POWER_ITERS, HALT_TOL, CHECK_FINITE,
+    COMPILE},
     MODEL.HGRU.{KERNEL_SIZE, NORM, GN_GROUPS, NONLINEARITY}. The keys are validated once by
     :func:`rpanoptic.modeling.build_model` (:func:`validate_recurrent_config`); bad values that
     reach the engine still fail there, named by argument."""
@@ -106,6 +109,8 @@ def build_recurrence(cfg, channels: int, name: str = "recurrence") -> Recurrence
         neumann_rtol=r.NEUMANN_RTOL,
         check_finite=r.CHECK_FINITE,
         lcp_reduction=r.LCP_REDUCTION,
+        lcp_vector=r.LCP_VECTOR,
+        lcp_power_iters=r.LCP_POWER_ITERS,
         name=name,
         compile_steps=r.COMPILE,
     )

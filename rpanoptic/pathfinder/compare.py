@@ -25,6 +25,7 @@ from .train import PathfinderRun, build_model, load_split, measure_step, run_and
 
 __all__ = [
     "MODELS",
+    "DEFAULT_MODELS",
     "run_comparison",
     "summarize",
     "memory_vs_steps",
@@ -40,7 +41,10 @@ MODELS: Dict[str, Dict] = {
     "hgru_bptt": dict(model="hgru", grad="bptt"),
     "hgru_rbp": dict(model="hgru", grad="rbp", lcp_weight=0.0),
     "hgru_crbp": dict(model="hgru", grad="crbp"),
+    # Not in the default run: C-RBP with the penalty on the power-iteration vector (lcp.py).
+    "hgru_crbp_power": dict(model="hgru", grad="crbp", lcp_vector="power"),
 }
+DEFAULT_MODELS = ("ff", "ff_large", "hgru_bptt", "hgru_rbp", "hgru_crbp")
 
 
 def _result_path(results: str, set_name: str, model: str, seed: int) -> str:
@@ -52,7 +56,7 @@ def run_comparison(
     base: PathfinderRun,
     results: str,
     output: str,
-    models: Sequence[str] = tuple(MODELS),
+    models: Sequence[str] = DEFAULT_MODELS,
     seeds: Sequence[int] = (0, 1, 2),
     log: Callable[[str], None] = print,
 ) -> List[str]:

@@ -16,7 +16,7 @@ measures it on a trained checkpoint:
 
 import csv
 import os
-from dataclasses import asdict, replace
+from dataclasses import replace
 from typing import Dict, List, Sequence
 
 import torch
@@ -24,7 +24,7 @@ import torch
 from ..recurrence.diagnostics import fixed_point_residual, spectral_radius
 from ..utils import atomic_write
 from .data import PathfinderSplit, load_split
-from .train import PathfinderRun, _loss, build_model
+from .train import PathfinderRun, _loss, build_model, same_settings
 
 __all__ = ["load_trained", "fixed_point_diagnostics", "fixed_point_table"]
 
@@ -33,7 +33,7 @@ def load_trained(run: PathfinderRun, checkpoint: str) -> torch.nn.Module:
     """The model of ``run`` with the weights of ``checkpoint`` (a ``train`` checkpoint written by
     a run with exactly these settings), in eval mode."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    if state.get("run") != asdict(run):
+    if not same_settings(state.get("run"), run):
         raise ValueError(f"{checkpoint} was written by a run with other settings")
     model = build_model(run)
     model.load_state_dict(state["model"])

@@ -63,7 +63,7 @@ class HGRUPathfinder(nn.Module):
     Args:
         channels: hGRU channels (the paper uses 25 at 150 px; small is enough here).
         kernel_size: the hGRU's horizontal kernels (odd; large, as the paper's 15 at 150 px).
-        timesteps, grad, neumann_steps, lcp_tau, lcp_reduction: the recurrence's (see
+        timesteps, grad, neumann_steps, lcp_tau, lcp_reduction, lcp_vector: the recurrence's (see
             :class:`~rpanoptic.recurrence.Recurrence`).
         gn_groups: GroupNorm groups of the cell (must divide ``channels``).
         in_channels: 1 (image) or 2 (image and cue).
@@ -79,6 +79,7 @@ class HGRUPathfinder(nn.Module):
         neumann_steps: int = 15,
         lcp_tau: float = 0.9,
         lcp_reduction: str = "mean",
+        lcp_vector: str = "ones",
         gn_groups: int = 4,
         stem_kernel: int = 5,
         in_channels: int = 1,
@@ -94,6 +95,7 @@ class HGRUPathfinder(nn.Module):
             neumann_steps=neumann_steps,
             lcp_tau=lcp_tau,
             lcp_reduction=lcp_reduction,
+            lcp_vector=lcp_vector,
             name="pathfinder.recurrence",
         )
         self.readout = _readout(readout, channels)

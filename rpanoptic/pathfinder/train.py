@@ -39,6 +39,7 @@ __all__ = [
     "load_split",
     "measure_step",
     "pixel_weights",
+    "same_settings",
     "run_and_report",
     "train",
 ]
@@ -55,6 +56,7 @@ class PathfinderRun:
     neumann_steps: int = 15
     lcp_weight: float = 10.0  # on the mean-reduced penalty
     lcp_tau: float = 0.9
+    lcp_vector: str = "ones"  # "ones" (the authors' penalty) or "power" (bounds the radius)
     channels: int = 16
     kernel_size: int = 7  # hgru horizontal kernels; ff convolutions use 3
     blocks: int = 4  # ff residual blocks
@@ -70,6 +72,12 @@ class PathfinderRun:
         return sorted(set(self.eval_steps) or {1, n // 2 or 1, n, 2 * n, 3 * n, 40})
 
 
+def same_settings(saved: Optional[Dict], run: PathfinderRun) -> bool:
+    """Whether settings recorded in a checkpoint are ``run``'s. A setting added after the
+    checkpoint was written counts as its default, which reproduces the older behaviour."""
+    return saved is not None and {**asdict(PathfinderRun()), **saved} == asdict(run)
+
+
 def build_model(run: PathfinderRun) -> torch.nn.Module:
     torch.manual_seed(run.seed)
     if run.task not in ("label", "trace"):
@@ -83,6 +91,7 @@ def build_model(run: PathfinderRun) -> torch.nn.Module:
             run.grad,
             run.neumann_steps,
             run.lcp_tau,
+            lcp_vector=run.lcp_vector,
             **io,
         )
     if run.model == "ff":
@@ -154,7 +163,7 @@ def train(
     start, history = 0, []
     if os.path.isfile(path):
         state = torch.load(path, map_location="cpu", weights_only=True)
-        if state.get("run") != asdict(run):
+        if not same_settings(state.get("run"), run):
             raise ValueError(
                 f"{path} was written by a run with other settings; use another --output-dir"
             )

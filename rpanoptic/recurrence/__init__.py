@@ -12,7 +12,15 @@
 from .controls import StateRecord
 from .diagnostics import fixed_point_residual, spectral_radius
 from .hgru import HGRUCell
-from .lcp import LCP_REDUCTIONS, lcp_from_vjp, lcp_penalty, ones_vjp
+from .lcp import (
+    LCP_REDUCTIONS,
+    LCP_VECTORS,
+    lcp_from_vjp,
+    lcp_penalty,
+    ones_vjp,
+    power_lcp,
+    power_vector,
+)
 from .rbp import ImplicitStep, ImplicitStepOptions, neumann_series
 from .runner import GRAD_MODES, Recurrence
 from .sweep import sweep
@@ -28,6 +36,9 @@ __all__ = [
     "neumann_series",
     "lcp_penalty",
     "LCP_REDUCTIONS",
+    "LCP_VECTORS",
+    "power_lcp",
+    "power_vector",
     "lcp_from_vjp",
     "ones_vjp",
     "fixed_point_residual",

@@ -25,18 +25,47 @@ The product is built with ``create_graph=True`` so that the penalty is itself di
 with respect to the cell's parameters and its input x. In "crbp" the state h is a constant (the
 penalty shapes F around the current state, as in the authors' implementation); in "cbptt" h is
 the unrolled graph's h_{N-1}, so the penalty's gradient also flows through it.
+
+The ones-vector is blind to cancellation. A column sum (1^T J)_i is signed: a Jacobian with
+large entries of both signs has small column sums and yet a spectral radius far above 1 (the
+column sums of J = [[2, -3], [-1.5, 2.5]] are 0.5 and -0.5; its spectral radius is 4.4). Trained
+Pathfinder hGRUs showed exactly this: the penalty held (0.7% of column sums above tau) while the
+state never converged (spectral radius about 6.8). The opt-in **power vector**
+(``lcp_vector="power"``) targets the radius itself:
+
+    LCP = reduce_b relu(||v_b J_b|| - tau)^2          (b: the samples, or one group if coupled)
+
+where v_b is a unit vector from ``power_iters`` steps of power iteration v <- v J / ||v J||
+from a fixed random start, held constant in the penalty's gradient. As the iteration converges,
+v is the dominant left eigenvector of J and ||v J|| its spectral radius, so the penalty is
+relu(rho(J) - tau)^2 per sample: it constrains contraction, which the Neumann series needs,
+whatever the signs. It costs ``power_iters`` more vector-Jacobian products per training step.
 """
 
 from typing import Callable, Dict
 
 import torch
 
-__all__ = ["LCP_REDUCTIONS", "ones_vjp", "lcp_from_vjp", "lcp_penalty"]
+from ._batch import expand_as, group_norm
+
+__all__ = [
+    "LCP_REDUCTIONS",
+    "LCP_VECTORS",
+    "ones_vjp",
+    "lcp_from_vjp",
+    "lcp_penalty",
+    "power_vector",
+    "power_lcp",
+]
 
 LCP_REDUCTIONS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "sum": torch.sum,
     "mean": torch.mean,
 }
+
+LCP_VECTORS = ("ones", "power")
+"""The vector of the penalty's vector-Jacobian product: the authors' ones-vector, or the power
+iteration's estimate of J's dominant left eigenvector (see the module docstring)."""
 
 
 def ones_vjp(h_next: torch.Tensor, h: torch.Tensor, create_graph: bool) -> torch.Tensor:
@@ -58,8 +87,57 @@ def lcp_from_vjp(u: torch.Tensor, tau: float, reduction: str = "sum") -> torch.T
     return LCP_REDUCTIONS[reduction](torch.relu(u - tau).pow(2))
 
 
-def lcp_penalty(
-    h_next: torch.Tensor, h: torch.Tensor, tau: float, reduction: str = "sum"
+def power_vector(
+    h_next: torch.Tensor, h: torch.Tensor, iters: int, coupled: bool = False, seed: int = 0
 ) -> torch.Tensor:
-    """The LCP of the step h -> h_next (h must require grad). Returns a differentiable scalar."""
+    """A unit vector per sample (per batch when ``coupled``) after ``iters`` power-iteration
+    steps v <- v J / ||v J|| for J = d h_next / d h, from a random start drawn from a generator
+    seeded with ``seed`` (the global random state is not touched). Detached; keeps the graph of
+    h_next for further products."""
+    gen = torch.Generator(device=h.device).manual_seed(seed)
+    v = torch.randn(h.shape, generator=gen, device=h.device, dtype=h.dtype)
+    v = v / expand_as(group_norm(v, coupled).clamp_min(1e-30), v)
+    for _ in range(iters):
+        (w,) = torch.autograd.grad(h_next, h, v, retain_graph=True)
+        v = w / expand_as(group_norm(w, coupled).clamp_min(1e-30), w)
+    return v.detach()
+
+
+def power_lcp(
+    h_next: torch.Tensor,
+    h: torch.Tensor,
+    v: torch.Tensor,
+    tau: float,
+    reduction: str = "sum",
+    coupled: bool = False,
+    create_graph: bool = True,
+) -> torch.Tensor:
+    """relu(||v J|| - tau)^2 per sample (per batch when ``coupled``), reduced by ``reduction``
+    over the samples; v: unit vectors from :func:`power_vector`, a constant here."""
+    if reduction not in LCP_REDUCTIONS:
+        raise ValueError(
+            f"lcp reduction {reduction!r} is not supported; allowed: "
+            f"{', '.join(map(repr, LCP_REDUCTIONS))}."
+        )
+    (u,) = torch.autograd.grad(h_next, h, v, create_graph=create_graph, retain_graph=True)
+    return LCP_REDUCTIONS[reduction](torch.relu(group_norm(u, coupled) - tau).pow(2))
+
+
+def lcp_penalty(
+    h_next: torch.Tensor,
+    h: torch.Tensor,
+    tau: float,
+    reduction: str = "sum",
+    vector: str = "ones",
+    power_iters: int = 5,
+    coupled: bool = False,
+) -> torch.Tensor:
+    """The LCP of the step h -> h_next (h must require grad) with the ``vector`` "ones" (the
+    authors') or "power" (``power_iters`` steps; ``coupled`` as the cell). Returns a
+    differentiable scalar."""
+    if vector == "power":
+        v = power_vector(h_next, h, power_iters, coupled)
+        return power_lcp(h_next, h, v, tau, reduction, coupled)
+    if vector != "ones":
+        raise ValueError(f"lcp vector {vector!r} is not supported; allowed: {LCP_VECTORS}.")
     return lcp_from_vjp(ones_vjp(h_next, h, create_graph=True), tau, reduction)

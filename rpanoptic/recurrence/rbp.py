@@ -32,7 +32,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from ._batch import expand_as, frozen_running_stats, group_norm
-from .lcp import lcp_from_vjp, lcp_penalty, ones_vjp
+from .lcp import lcp_from_vjp, lcp_penalty, ones_vjp, power_lcp, power_vector
 
 __all__ = ["neumann_series", "ImplicitStep", "ImplicitStepOptions"]
 
@@ -90,6 +90,8 @@ class ImplicitStepOptions:
         coupled: whether the cell couples the samples of a batch.
         stats: float tensor [fallbacks, terms, groups] accumulated in place by backward.
         lcp_reduction: "sum" or "mean" over the state's elements (see ``lcp.py``).
+        lcp_vector: "ones" (the authors') or "power" (see ``lcp.py``).
+        lcp_power_iters: power-iteration steps of the "power" vector.
     """
 
     neumann_steps: int
@@ -98,6 +100,8 @@ class ImplicitStepOptions:
     coupled: bool
     stats: torch.Tensor
     lcp_reduction: str = "sum"
+    lcp_vector: str = "ones"
+    lcp_power_iters: int = 5
 
 
 class ImplicitStep(torch.autograd.Function):
@@ -113,9 +117,9 @@ class ImplicitStep(torch.autograd.Function):
     def forward(ctx, cell, options: ImplicitStepOptions, x, h_prev, *params):
         ctx.set_materialize_grads(False)
         ctx.cell, ctx.options, ctx.params = cell, options, params
-        ctx.save_for_backward(x, h_prev)
         with torch.autocast(x.device.type, enabled=False):
             if options.lcp_tau is None:
+                ctx.save_for_backward(x, h_prev)
                 h_next = cell(x, h_prev)
                 lcp = x.new_zeros(())
                 ctx.mark_non_differentiable(lcp)
@@ -123,13 +127,21 @@ class ImplicitStep(torch.autograd.Function):
             with torch.enable_grad():
                 h_in = h_prev.detach().requires_grad_()
                 out = cell(x.detach(), h_in)
-                u = ones_vjp(out, h_in, create_graph=False)
-            return out.detach(), lcp_from_vjp(u, options.lcp_tau, options.lcp_reduction).detach()
+                tau, reduction, coupled = options.lcp_tau, options.lcp_reduction, options.coupled
+                if options.lcp_vector == "power":
+                    # The vector is kept for backward, which differentiates the same penalty.
+                    v = power_vector(out, h_in, options.lcp_power_iters, coupled)
+                    ctx.save_for_backward(x, h_prev, v)
+                    lcp = power_lcp(out, h_in, v, tau, reduction, coupled, create_graph=False)
+                else:
+                    ctx.save_for_backward(x, h_prev)
+                    lcp = lcp_from_vjp(ones_vjp(out, h_in, create_graph=False), tau, reduction)
+            return out.detach(), lcp.detach()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_h, grad_lcp):
-        x, h_prev = ctx.saved_tensors
+        x, h_prev, *power = ctx.saved_tensors
         cell, options = ctx.cell, ctx.options
         needs_x = ctx.needs_input_grad[2]
         # BatchNorm statistics are restored only after the last use of this graph: restoring
@@ -151,7 +163,11 @@ class ImplicitStep(torch.autograd.Function):
                 outputs.append(out)
                 grads.append(g)
             if grad_lcp is not None and options.lcp_tau is not None:
-                outputs.append(lcp_penalty(out, h_in, options.lcp_tau, options.lcp_reduction))
+                tau, reduction, coupled = options.lcp_tau, options.lcp_reduction, options.coupled
+                if power:
+                    outputs.append(power_lcp(out, h_in, power[0], tau, reduction, coupled))
+                else:
+                    outputs.append(lcp_penalty(out, h_in, tau, reduction))
                 grads.append(grad_lcp)
             inputs = ([x_in] if needs_x else []) + list(ctx.params)
             if not outputs or not inputs:

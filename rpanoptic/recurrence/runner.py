@@ -28,7 +28,7 @@ from ._batch import batch_coupled, expand_as, frozen_running_stats, group_norm
 from .arguments import Rule, at_least, check_arguments, is_number, one_of
 from .compiled import CompiledStep
 from .controls import RecurrenceControls
-from .lcp import LCP_REDUCTIONS, lcp_penalty
+from .lcp import LCP_REDUCTIONS, LCP_VECTORS, lcp_penalty
 from .rbp import ImplicitStep, ImplicitStepOptions
 
 __all__ = ["Recurrence", "GRAD_MODES", "ARGUMENTS"]
@@ -45,7 +45,16 @@ def _unroll_with_graph(rec: "Recurrence", x: torch.Tensor, h: torch.Tensor) -> S
     if not h.requires_grad:  # N = 1 from a constant start: the penalty still needs dF/dh
         h = h.detach().requires_grad_()
     h_next = rec.cell(x, h)
-    return h_next, lcp_penalty(h_next, h, rec.lcp_tau, rec.lcp_reduction)
+    penalty = lcp_penalty(
+        h_next,
+        h,
+        rec.lcp_tau,
+        rec.lcp_reduction,
+        rec.lcp_vector,
+        rec.lcp_power_iters,
+        batch_coupled(rec.cell),
+    )
+    return h_next, penalty
 
 
 def _unroll_implicit(rec: "Recurrence", x: torch.Tensor, h: torch.Tensor) -> Step:
@@ -60,6 +69,8 @@ def _unroll_implicit(rec: "Recurrence", x: torch.Tensor, h: torch.Tensor) -> Ste
         coupled=batch_coupled(rec.cell),
         stats=rec.neumann_stats(x.device),
         lcp_reduction=rec.lcp_reduction,
+        lcp_vector=rec.lcp_vector,
+        lcp_power_iters=rec.lcp_power_iters,
     )
     params = [p for p in rec.cell.parameters() if p.requires_grad]
     h_next, lcp = ImplicitStep.apply(rec.cell, options, x, h, *params)
@@ -88,6 +99,8 @@ ARGUMENTS: Dict[str, Rule] = {
     "neumann_rtol": Rule(lambda v: is_number(v) and 0 <= v < 1, "0 <= value < 1"),
     "lcp_reduction": one_of(LCP_REDUCTIONS),
     "compile_steps": Rule(lambda v: isinstance(v, bool), "True or False"),
+    "lcp_vector": one_of(LCP_VECTORS),
+    "lcp_power_iters": at_least(1),
 }
 """The rules of :class:`Recurrence`'s arguments (also applied to the config keys behind them)."""
 
@@ -109,6 +122,10 @@ class Recurrence(RecurrenceControls, nn.Module):
             sync per forward; on by default).
         lcp_reduction: "sum" (the authors' panoptic code) or "mean" of the penalty over the
             state's elements (see ``lcp.py``).
+        lcp_vector: the penalty's vector: "ones" (the authors', column sums of J) or "power"
+            (J's dominant left eigenvector by power iteration, so that the penalty bounds the
+            spectral radius; see ``lcp.py``).
+        lcp_power_iters: power-iteration steps per training step with ``lcp_vector="power"``.
         name: how errors and logs name the layer (rpanoptic's models pass its module path).
         compile_steps: run the steps that build no graph (the N - 1 steps before the implicit
             one in rbp/crbp, and inference) through ``torch.compile`` (see ``compiled.py``):
@@ -136,6 +153,8 @@ class Recurrence(RecurrenceControls, nn.Module):
         lcp_reduction: str = "sum",
         name: str = "recurrence",
         compile_steps: bool = False,
+        lcp_vector: str = "ones",
+        lcp_power_iters: int = 5,
     ):
         super().__init__()
         check_arguments(
@@ -150,9 +169,12 @@ class Recurrence(RecurrenceControls, nn.Module):
             neumann_rtol=neumann_rtol,
             lcp_reduction=lcp_reduction,
             compile_steps=compile_steps,
+            lcp_vector=lcp_vector,
+            lcp_power_iters=lcp_power_iters,
         )
         self.cell = cell
         self.lcp_reduction = lcp_reduction
+        self.lcp_vector, self.lcp_power_iters = lcp_vector, int(lcp_power_iters)
         self.timesteps, self.grad, self.neumann_steps = timesteps, grad, neumann_steps
         self.lcp_tau, self.test_timesteps, self.halt_tol = float(lcp_tau), test_timesteps, halt_tol
         self.neumann_rtol = float(neumann_rtol)
@@ -287,4 +309,9 @@ class Recurrence(RecurrenceControls, nn.Module):
             f"lcp_tau={self.lcp_tau}, lcp_reduction={self.lcp_reduction!r}, "
             f"test_timesteps={self.test_timesteps}, halt_tol={self.halt_tol}"
             + (", compile_steps=True" if self.compile_steps else "")
+            + (
+                f", lcp_vector='power', lcp_power_iters={self.lcp_power_iters}"
+                if self.lcp_vector == "power"
+                else ""
+            )
         )
