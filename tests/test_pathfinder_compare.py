@@ -80,10 +80,13 @@ def test_pictures(compared, tmp_path):
     assert os.path.getsize(files[0]) > 5000
     run = replace(BASE, model="hgru", grad="crbp", seed=0)
     checkpoint = os.path.join(output, "easy", "hgru_crbp_s0", "checkpoint.pth")
-    path = plot_unfolding(run, root, checkpoint, str(tmp_path / "u.png"), counts=(1, 2))
-    assert os.path.getsize(path) > 2000
+    one = plot_unfolding({"crbp": (run, checkpoint)}, root, str(tmp_path / "u.png"), (1, 2))
+    seed1 = os.path.join(output, "easy", "hgru_crbp_s1", "checkpoint.pth")
+    rows = {"crbp s0": (run, checkpoint), "crbp s1": (replace(run, seed=1), seed1)}
+    two = plot_unfolding(rows, root, str(tmp_path / "u2.png"), (1, 2))
+    assert os.path.getsize(one) > 2000 and os.path.getsize(two) > os.path.getsize(one)
     with pytest.raises(ValueError, match="other settings"):
-        plot_unfolding(replace(run, seed=1), root, checkpoint, str(tmp_path / "v.png"))
+        plot_unfolding({"x": (replace(run, seed=1), checkpoint)}, root, str(tmp_path / "v.png"))
 
 
 def test_script_report_only_and_bad_set(compared, capsys):
@@ -166,6 +169,29 @@ def test_checkpoints_from_before_a_setting_existed_load_with_its_default(compare
         load_trained(replace(run, **MODELS["hgru_crbp_power"]), str(tmp_path / "old.pth"))
     power = load_trained(replace(run, lcp_vector="power"), _saved(tmp_path, state, "power"))
     assert power.recurrence.lcp_vector == "power"
+
+
+def test_unfinished_runs_are_not_taken_for_trained_models(compared, tmp_path):
+    from dataclasses import replace
+
+    from rpanoptic.pathfinder.compare import MODELS
+    from rpanoptic.pathfinder.fixed_point import fixed_point_table, is_finished, load_trained
+
+    root, _, output, _ = compared
+    run = replace(BASE, **MODELS["hgru_crbp"], seed=0)
+    done = os.path.join(output, "easy", "hgru_crbp_s0", "checkpoint.pth")
+    assert is_finished(run, done) and not is_finished(run, str(tmp_path / "none.pth"))
+    state = torch.load(done, weights_only=True)
+    state["iteration"] = run.iters - 1  # as a run cut off before its last iteration
+    os.makedirs(tmp_path / "easy" / "hgru_crbp_s0")
+    cut = str(tmp_path / "easy" / "hgru_crbp_s0" / "checkpoint.pth")
+    torch.save(state, cut)
+    assert not is_finished(run, cut)
+    with pytest.raises(ValueError, match="iteration 1 of 2: its run has not finished"):
+        load_trained(run, cut, finished=True)
+    assert load_trained(run, cut) is not None  # without the check: any checkpoint of the run
+    rows = fixed_point_table(BASE, MODELS, root, str(tmp_path / "easy"), str(tmp_path))
+    assert rows == [] and not (tmp_path / "fixed_point.csv").exists()
 
 
 def _saved(tmp_path, state, vector):

@@ -26,7 +26,7 @@ from rpanoptic.pathfinder.compare import (
     run_comparison,
     summarize,
 )
-from rpanoptic.pathfinder.fixed_point import fixed_point_table
+from rpanoptic.pathfinder.fixed_point import fixed_point_table, is_finished
 from rpanoptic.pathfinder.train import PathfinderRun
 
 # The settings fixed in advance for every model (the models change only what MODELS says).
@@ -109,7 +109,6 @@ def main(argv=None) -> int:
     for row in rows:
         print("  ".join(f"{k}={v}" for k, v in row.items()))
     files = plot_comparison(args.results, names[0])
-    checkpoint = os.path.join(args.output, names[0], "hgru_crbp_s0", "checkpoint.pth")
     root = make_set(args, names[0], generate=False)
     if os.path.isfile(os.path.join(root, "generator.json")):
         for row in memory_vs_steps(base, root, args.results):
@@ -117,13 +116,18 @@ def main(argv=None) -> int:
                   f"{row['step_ms']:.0f} ms per step")  # fmt: skip
         files.append(os.path.join(args.results, "memory_vs_steps.png"))
         checkpoints = os.path.join(args.output, names[0])
-        for row in fixed_point_table(base, MODELS, root, checkpoints, args.results):
+        for row in fixed_point_table(base, MODELS, root, checkpoints, args.results, (0, 1, 2)):
             print("fixed point: " + "  ".join(f"{k}={v:.3g}" if isinstance(v, float) else
                                               f"{k}={v}" for k, v in row.items()))  # fmt: skip
-        if os.path.isfile(checkpoint):
-            run = replace(base, **MODELS["hgru_crbp"], seed=0)
+        trained = {}
+        for name, changes in MODELS.items():
+            run = replace(base, **changes, seed=0)
+            path = os.path.join(checkpoints, f"{name}_s0", "checkpoint.pth")
+            if run.model == "hgru" and is_finished(run, path):
+                trained[name] = (run, path)
+        if trained:
             picture = os.path.join(args.results, "unfolding.png")
-            files.append(plot_unfolding(run, root, checkpoint, picture))
+            files.append(plot_unfolding(trained, root, picture))
     for f in files:
         print(f"wrote {f}")
     return 0

@@ -14,7 +14,7 @@ import os
 import shutil
 import statistics
 from dataclasses import replace
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -252,25 +252,32 @@ def plot_comparison(results: str, main_set: str) -> List[str]:
 
 @torch.no_grad()
 def plot_unfolding(
-    run: PathfinderRun, root: str, checkpoint: str, path: str, counts=(1, 2, 4, 8, 16, 40)
+    models: Dict[str, Tuple[PathfinderRun, str]],
+    root: str,
+    path: str,
+    counts=(1, 2, 4, 8, 16, 40),
 ) -> str:
-    """One val example through a trained hGRU model: the image (and the cue), then the model's
-    output (trace: the pixel probabilities; label: the state's mean over channels) after each
-    step count in ``counts``."""
-    model = load_trained(run, checkpoint)
-    data = load_split(root, "val", run.task).take(slice(1, 2))  # a positive example
+    """One val example through trained hGRU models, one row per entry of ``models`` (label ->
+    (run, checkpoint)): the image (and the cue), then the model's output (trace: the pixel
+    probabilities; label: the state's mean over channels) after each step count in
+    ``counts``."""
+    loaded = {name: load_trained(run, ckpt, finished=True) for name, (run, ckpt) in models.items()}
+    task = next(iter(models.values()))[0].task
+    data = load_split(root, "val", task).take(slice(1, 2))  # a positive example
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(counts) + 1, figsize=(2 * (len(counts) + 1), 2.3))
+    rows, cols = len(loaded), len(counts) + 1
+    fig, axes = plt.subplots(rows, cols, figsize=(2 * cols, 2.3 * rows), squeeze=False)
     shown = data.x[0, 0] + (data.x[0, 1] * 0.5 if data.x.shape[1] > 1 else 0)
-    axes[0].imshow(shown, cmap="gray")
-    axes[0].set_title(f"input (label {int(data.y[0])})", fontsize=8)
-    for ax, t in zip(axes[1:], counts):
-        with model.recurrence.using(test_timesteps=t):
-            out = model(data.x)
-        picture = torch.sigmoid(out[0, 0]) if out.dim() == 4 else model.state[0].mean(0)
-        ax.imshow(picture, cmap="magma", vmin=0, vmax=1 if out.dim() == 4 else None)
-        ax.set_title(f"t = {t}", fontsize=8)
-    for ax in axes:
+    for row, (name, model) in zip(axes, loaded.items()):
+        row[0].imshow(shown, cmap="gray")
+        row[0].set_title(f"{name} (label {int(data.y[0])})", fontsize=8)
+        for ax, t in zip(row[1:], counts):
+            with model.recurrence.using(test_timesteps=t):
+                out = model(data.x)
+            picture = torch.sigmoid(out[0, 0]) if out.dim() == 4 else model.state[0].mean(0)
+            ax.imshow(picture, cmap="magma", vmin=0, vmax=1 if out.dim() == 4 else None)
+            ax.set_title(f"t = {t}", fontsize=8)
+    for ax in axes.flat:
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

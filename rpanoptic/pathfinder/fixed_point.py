@@ -26,15 +26,29 @@ from ..utils import atomic_write
 from .data import PathfinderSplit, load_split
 from .train import PathfinderRun, _loss, build_model, same_settings
 
-__all__ = ["load_trained", "fixed_point_diagnostics", "fixed_point_table"]
+__all__ = ["is_finished", "load_trained", "fixed_point_diagnostics", "fixed_point_table"]
 
 
-def load_trained(run: PathfinderRun, checkpoint: str) -> torch.nn.Module:
+def is_finished(run: PathfinderRun, checkpoint: str) -> bool:
+    """Whether ``checkpoint`` exists and holds ``run`` trained to its last iteration."""
+    if not os.path.isfile(checkpoint):
+        return False
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    return same_settings(state.get("run"), run) and state.get("iteration") == run.iters
+
+
+def load_trained(run: PathfinderRun, checkpoint: str, finished: bool = False) -> torch.nn.Module:
     """The model of ``run`` with the weights of ``checkpoint`` (a ``train`` checkpoint written by
-    a run with exactly these settings), in eval mode."""
+    a run with exactly these settings), in eval mode. With ``finished``, a checkpoint of a run
+    that has not reached ``run.iters`` is refused (ValueError)."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     if not same_settings(state.get("run"), run):
         raise ValueError(f"{checkpoint} was written by a run with other settings")
+    if finished and state.get("iteration") != run.iters:
+        raise ValueError(
+            f"{checkpoint} is at iteration {state.get('iteration')} of {run.iters}: its run has "
+            "not finished (rerun the comparison to resume it)"
+        )
     model = build_model(run)
     model.load_state_dict(state["model"])
     return model.eval()
@@ -84,8 +98,8 @@ def fixed_point_table(
 ) -> List[Dict]:
     """:func:`fixed_point_diagnostics` for every hGRU model in ``models`` (name -> changes to
     ``base``, as ``compare.MODELS``) and seed whose checkpoint ``<checkpoints>/<name>_s<seed>/
-    checkpoint.pth`` exists, on the first ``images`` val images of ``root``; written to
-    ``fixed_point.csv`` in ``results``. Returns the rows."""
+    checkpoint.pth`` exists and has finished its run, on the first ``images`` val images of
+    ``root``; written to ``fixed_point.csv`` in ``results``. Returns the rows."""
     val = load_split(root, "val", base.task).take(slice(0, images))
     train = load_split(root, "train", base.task)
     rows = []
@@ -95,9 +109,9 @@ def fixed_point_table(
             continue
         for seed in seeds:
             checkpoint = os.path.join(checkpoints, f"{name}_s{seed}", "checkpoint.pth")
-            if not os.path.isfile(checkpoint):
-                continue
             run = replace(run0, seed=seed)
+            if not is_finished(run, checkpoint):  # a run still going, or cut off
+                continue
             found = fixed_point_diagnostics(load_trained(run, checkpoint), run, val, train)
             row = {"model": name, "seed": seed}
             for key in ("residual", "spectral_radius"):
