@@ -143,6 +143,18 @@ def test_fixed_point_table_matches_direct_diagnostics(compared, tmp_path):
         radius = spectral_radius(rec.cell, record.input, record.state, iters=40).median().item()
         assert rows[1][f"residual_t{t}"] == pytest.approx(residual, rel=1e-5)
         assert rows[1][f"spectral_radius_t{t}"] == pytest.approx(radius, rel=1e-5)
+        if t == 2:  # column sums of J at the trained N: dense Jacobian per sample
+            h = record.state
+            n = h[0].numel()
+            sums = []
+            for b in range(len(h)):
+                jac = torch.autograd.functional.jacobian(
+                    lambda s: rec.cell(record.input[b : b + 1], s), h[b : b + 1]
+                )
+                sums.append(jac.reshape(n, n).sum(0))
+            share = (torch.cat(sums) > BASE.lcp_tau).float().mean().item()
+            assert 0.01 < share < 0.99  # so that the check can fail
+            assert rows[1]["ones_above_tau"] == pytest.approx(share, abs=1e-3)
     # One RBP series per training sample: the fallback share is a fraction, the terms at most K.
     assert 0.0 <= rows[1]["fallback_fraction"] <= 1.0
     assert 0.0 < rows[1]["neumann_terms"] <= BASE.neumann_steps

@@ -8,6 +8,8 @@ measures it on a trained checkpoint:
 
 - ``residual``: ||F(x, h_t) - h_t|| / ||h_t|| after t steps (0 at a fixed point);
 - ``spectral_radius``: the power-iteration estimate at h_t (``diagnostics.spectral_radius``);
+- ``ones_above_tau``: after N steps, the share of the column sums 1^T J (what the authors'
+  penalty bounds) above tau, to set against the spectral radius;
 - ``fallback_fraction`` and ``neumann_terms``: on one training batch, the share of samples whose
   RBP series the engine's safeguard stopped because a term outgrew the first (a divergent
   series) and the mean number of terms added. It is measured with the model's weights in "rbp"
@@ -22,6 +24,7 @@ from typing import Dict, List, Sequence
 import torch
 
 from ..recurrence.diagnostics import fixed_point_residual, spectral_radius
+from ..recurrence.lcp import ones_vjp
 from ..utils import atomic_write
 from .data import PathfinderSplit, load_split
 from .train import PathfinderRun, _loss, build_model, same_settings
@@ -75,6 +78,11 @@ def fixed_point_diagnostics(
         out["residual"][t] = fixed_point_residual(rec.cell, x, h).median().item()
         radius = spectral_radius(rec.cell, x, h, iters=power_iters)
         out["spectral_radius"][t] = radius.median().item()
+        if t == run.timesteps:
+            with torch.enable_grad():
+                h_in = h.detach().requires_grad_()
+                sums = ones_vjp(rec.cell(x, h_in), h_in, create_graph=False)
+            out["ones_above_tau"] = (sums > run.lcp_tau).float().mean().item()
     probe = build_model(replace(run, grad="rbp"))
     probe.load_state_dict(model.state_dict())
     probe.train()
@@ -116,6 +124,7 @@ def fixed_point_table(
             row = {"model": name, "seed": seed}
             for key in ("residual", "spectral_radius"):
                 row.update({f"{key}_t{t}": v for t, v in found[key].items()})
+            row["ones_above_tau"] = found.get("ones_above_tau", float("nan"))
             row["fallback_fraction"] = found["fallback_fraction"]
             row["neumann_terms"] = found["neumann_terms"]
             rows.append(row)
