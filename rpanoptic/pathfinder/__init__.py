@@ -5,6 +5,7 @@
 - :mod:`.data` -- loading a set for the label or the trace task.
 - :mod:`.models` -- the hGRU model and the feed-forward baselines.
 - :mod:`.train` -- training (the four learning modes), the stability evaluation, cost.
+- :mod:`.fixed_point` -- is a trained hGRU at a fixed point, and is RBP's gradient valid there?
 - :mod:`.compare` -- the comparison over models and seeds, its table and pictures.
 """
 
