@@ -27,17 +27,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    scale = args.size / PathfinderSpec.size  # dashes and gaps grow with the image
-    spec = PathfinderSpec(
-        size=args.size,
-        segments=DIFFICULTY[args.difficulty],
-        snakes=args.snakes,
-        dash=PathfinderSpec.dash * scale,
-        gap=PathfinderSpec.gap * scale,
-        width=max(1, round(PathfinderSpec.width * scale)),
-        dot_radius=PathfinderSpec.dot_radius * scale,
-        margin=max(1, round(PathfinderSpec.margin * scale)),
-    )
+    spec = PathfinderSpec.scaled(args.size, args.difficulty, args.snakes)
     folder = os.path.join(args.root, f"{args.difficulty}_{args.size}px_seed{args.seed}")
     try:
         _, written = generate_pathfinder(

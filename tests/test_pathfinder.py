@@ -326,3 +326,12 @@ def test_a_tiny_trace_run_beats_chance_on_short_paths(tmp_path):
     train(model, load_split(root, "train", "trace"), run, str(tmp_path / "run"), log=print)
     accuracy = evaluate(model, load_split(root, "val", "trace"), [1])["accuracy"][1]
     assert accuracy > 0.8, accuracy
+
+
+def test_scaled_spec_grows_lengths_with_the_image():
+    from rpanoptic.pathfinder import PathfinderSpec
+
+    assert PathfinderSpec.scaled(64, "easy", 4) == PathfinderSpec()  # the defaults are 64 px
+    small = PathfinderSpec.scaled(32, "hard", 3)
+    assert (small.segments, small.snakes, small.dash, small.gap) == (14, 3, 2.0, 1.0)
+    assert (small.width, small.dot_radius, small.margin) == (1, 0.8, 2)  # width, margin >= 1

@@ -68,17 +68,7 @@ def parse_args(argv=None):
 
 
 def make_set(args, difficulty: str, generate: bool = True) -> str:
-    scale = args.size / PathfinderSpec.size
-    spec = PathfinderSpec(
-        size=args.size,
-        segments=DIFFICULTY[difficulty],
-        snakes=args.snakes,
-        dash=PathfinderSpec.dash * scale,
-        gap=PathfinderSpec.gap * scale,
-        width=max(1, round(PathfinderSpec.width * scale)),
-        dot_radius=PathfinderSpec.dot_radius * scale,
-        margin=max(1, round(PathfinderSpec.margin * scale)),
-    )
+    spec = PathfinderSpec.scaled(args.size, difficulty, args.snakes)
     name = f"{difficulty}_{args.size}px_{args.snakes}paths_{args.train // 1000}k"
     root = os.path.join(args.data_root, name)
     if generate:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["PathfinderSplit", "load_split"]
+__all__ = ["PathfinderSplit", "load_recipe", "load_split"]
 
 
 class PathfinderSplit(NamedTuple):
@@ -46,6 +46,15 @@ def _disks(rows, xk: str, yk: str, radius: float, size: int) -> torch.Tensor:
     return ((xx - cx) ** 2 + (yy - cy) ** 2 <= radius**2)[:, None]
 
 
+def load_recipe(root: str) -> Optional[dict]:
+    """The set's ``generator.json`` (its generator recipe), or None when it has none."""
+    path = os.path.join(root, "generator.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
 def load_split(root: str, split: str, task: str = "label") -> PathfinderSplit:
     """``root/split`` (labels.csv + PNGs) for ``task`` ("label" or "trace")."""
     if task not in ("label", "trace"):
@@ -71,8 +80,13 @@ def load_split(root: str, split: str, task: str = "label") -> PathfinderSplit:
             f"{table} has no dot centres (x0, y0, x1, y1): it was made by an older generator; "
             "run python datasets/prepare_pathfinder.py again with the same flags"
         )
-    with open(os.path.join(root, "generator.json")) as f:
-        radius = float(json.load(f)["spec"]["dot_radius"])
+    recipe = load_recipe(root)
+    if recipe is None:
+        raise FileNotFoundError(
+            f"pathfinder set {root} has no generator.json: make it again with "
+            "python datasets/prepare_pathfinder.py (see its --help)"
+        )
+    radius = float(recipe["spec"]["dot_radius"])
     size = x.shape[-1]
     cue = _disks(rows, "x0", "y0", radius, size).float()
     probe = _disks(rows, "x1", "y1", radius + 1.0, size)

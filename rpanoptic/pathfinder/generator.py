@@ -82,6 +82,23 @@ class PathfinderSpec:
                 raise ValueError(f"pathfinder: {name}={getattr(self, name)!r} is invalid")
         return self
 
+    @classmethod
+    def scaled(cls, size: int, difficulty: str, snakes: int) -> "PathfinderSpec":
+        """The default spec drawn at ``size`` px: dashes, gaps, stroke, dots and margin grow
+        with the image, and ``difficulty`` (a key of :data:`DIFFICULTY`) sets the dashes per
+        path."""
+        scale = size / cls.size
+        return cls(
+            size=size,
+            segments=DIFFICULTY[difficulty],
+            snakes=snakes,
+            dash=cls.dash * scale,
+            gap=cls.gap * scale,
+            width=max(1, round(cls.width * scale)),
+            dot_radius=cls.dot_radius * scale,
+            margin=max(1, round(cls.margin * scale)),
+        )
+
 
 def _inside(spec: PathfinderSpec, q) -> bool:
     lo, hi = spec.margin, spec.size - 1 - spec.margin

@@ -14,7 +14,6 @@ Two tasks on the same sets:
 """
 
 import contextlib
-import json
 import os
 import statistics
 import time
@@ -27,7 +26,7 @@ import torch.nn.functional as F
 from ..recurrence import sweep
 from ..recurrence.memory import SavedTensorMeter
 from ..utils import atomic_write, atomic_write_json
-from .data import PathfinderSplit, load_split
+from .data import PathfinderSplit, load_recipe, load_split
 from .models import FeedForwardPathfinder, HGRUPathfinder, count_parameters
 
 __all__ = [
@@ -287,13 +286,8 @@ def run_and_report(run: PathfinderRun, root: str, output_dir: str, log=print) ->
     train_data = load_split(root, "train", run.task)
     val_data = load_split(root, "val", run.task)
     model = build_model(run)
-    recipe_path = os.path.join(root, "generator.json")
-    recipe = None
-    if os.path.isfile(recipe_path):
-        with open(recipe_path) as f:
-            recipe = json.load(f)
     start = time.perf_counter()
-    history = train(model, train_data, run, output_dir, log, data_recipe=recipe)
+    history = train(model, train_data, run, output_dir, log, data_recipe=load_recipe(root))
     result = {
         "run": asdict(run),
         "data": root,

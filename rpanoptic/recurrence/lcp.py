@@ -76,15 +76,20 @@ def ones_vjp(h_next: torch.Tensor, h: torch.Tensor, create_graph: bool) -> torch
     return u
 
 
-def lcp_from_vjp(u: torch.Tensor, tau: float, reduction: str = "sum") -> torch.Tensor:
-    """relu(u - tau)^2 reduced by ``reduction`` ("sum" or "mean") over every element of the
-    column sums u = 1^T J. Returns a scalar."""
+def _excess(values: torch.Tensor, tau: float, reduction: str) -> torch.Tensor:
+    """relu(values - tau)^2 reduced by ``reduction`` ("sum" or "mean"): a scalar."""
     if reduction not in LCP_REDUCTIONS:
         raise ValueError(
             f"lcp reduction {reduction!r} is not supported; allowed: "
             f"{', '.join(map(repr, LCP_REDUCTIONS))}."
         )
-    return LCP_REDUCTIONS[reduction](torch.relu(u - tau).pow(2))
+    return LCP_REDUCTIONS[reduction](torch.relu(values - tau).pow(2))
+
+
+def lcp_from_vjp(u: torch.Tensor, tau: float, reduction: str = "sum") -> torch.Tensor:
+    """relu(u - tau)^2 reduced by ``reduction`` ("sum" or "mean") over every element of the
+    column sums u = 1^T J. Returns a scalar."""
+    return _excess(u, tau, reduction)
 
 
 def power_vector(
@@ -114,13 +119,8 @@ def power_lcp(
 ) -> torch.Tensor:
     """relu(||v J|| - tau)^2 per sample (per batch when ``coupled``), reduced by ``reduction``
     over the samples; v: unit vectors from :func:`power_vector`, a constant here."""
-    if reduction not in LCP_REDUCTIONS:
-        raise ValueError(
-            f"lcp reduction {reduction!r} is not supported; allowed: "
-            f"{', '.join(map(repr, LCP_REDUCTIONS))}."
-        )
     (u,) = torch.autograd.grad(h_next, h, v, create_graph=create_graph, retain_graph=True)
-    return LCP_REDUCTIONS[reduction](torch.relu(group_norm(u, coupled) - tau).pow(2))
+    return _excess(group_norm(u, coupled), tau, reduction)
 
 
 def lcp_penalty(
