@@ -22,6 +22,7 @@ def parse_args(argv=None):
     p.add_argument("--train", type=int, default=2000)
     p.add_argument("--val", type=int, default=400)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1, help="processes drawing the images")
     return p.parse_args(argv)
 
 
@@ -31,7 +32,12 @@ def main(argv=None) -> int:
     folder = os.path.join(args.root, f"{args.difficulty}_{args.size}px_seed{args.seed}")
     try:
         _, written = generate_pathfinder(
-            folder, {"train": args.train, "val": args.val}, spec, args.seed, progress=True
+            folder,
+            {"train": args.train, "val": args.val},
+            spec,
+            args.seed,
+            progress=True,
+            workers=args.workers,
         )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -17,9 +17,11 @@ COLUMNS = [
     "grad",
     "timesteps",
     "device",
+    "amp",
     "params_M",
     "train_step_ms",
     "train_peak_mb",
+    "train_peak_total_mb",
     "infer_img_s",
     "infer_steps",
 ]

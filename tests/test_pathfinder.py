@@ -89,6 +89,25 @@ def test_generate_writes_images_masks_labels_and_skips_a_repeat(tmp_path):
     assert not generate_pathfinder(root, {"train": 6, "val": 4}, spec, seed=1)[1]
 
 
+def test_generate_with_workers_writes_the_same_files(tmp_path):
+    spec = PathfinderSpec(size=32, segments=4, snakes=2, dash=3.0, gap=1.5)
+    counts = {"train": 9, "val": 5}
+    serial, parallel = str(tmp_path / "one"), str(tmp_path / "three")
+    generate_pathfinder(serial, counts, spec, seed=4)
+    assert generate_pathfinder(parallel, counts, spec, seed=4, workers=3)[1]
+    names = sorted(
+        os.path.relpath(os.path.join(d, f), serial) for d, _, fs in os.walk(serial) for f in fs
+    )
+    assert len(names) == 2 * (9 + 5) + 2 + 1  # images and targets, two CSVs, the recipe
+    for name in names:
+        with open(os.path.join(serial, name), "rb") as a, open(
+            os.path.join(parallel, name), "rb"
+        ) as b:
+            assert a.read() == b.read(), name
+    with pytest.raises(ValueError, match="workers"):
+        generate_pathfinder(str(tmp_path / "none"), counts, spec, workers=0)
+
+
 def test_labels_csv_holds_the_dot_centres(tmp_path):
     spec = PathfinderSpec(size=32, segments=4, snakes=2, dash=3.0, gap=1.5)
     root = str(tmp_path / "pf")

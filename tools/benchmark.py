@@ -4,7 +4,9 @@
 For the config and for the baseline (same overrides minus the recurrent-only keys) it measures:
 parameters, training-step time (median over --iters after --warmup), peak training memory (GPU:
 torch.cuda.max_memory_allocated growth during a step; CPU: growth of the peak RSS during a step,
-each configuration in a fresh process) and inference images/s (eval, no_grad, batch 1). A
+each configuration in a fresh process; train_peak_total_mb: the whole peak, weights and
+optimizer state included, as the paper reports it) and inference images/s (eval, no_grad,
+batch 1); --amp measures mixed precision (float16 autocast and a gradient scaler). A
 training step is the losses + LCP_WEIGHT x the recurrent layers' penalties (cbptt/crbp),
 backward and an SGD step. Inputs are synthetic (random images with three boxes/masks and a
 semantic map) and weights random: nothing is downloaded. ResNet and FPN use GroupNorm unless the
@@ -100,8 +102,16 @@ def parse_args(argv=None):
     p.add_argument("--baseline-config", default=os.path.join(ROOT, BASELINE))
     p.add_argument("--steps", default="", help="values of MODEL.RECURRENT.TIMESTEPS to sweep")
     p.add_argument("--grad", default="", help="values of MODEL.RECURRENT.GRAD to sweep")
-    p.add_argument("--image-size", type=int, default=512, help="square synthetic images")
-    p.add_argument("--batch", type=int, default=2, help="images per training step")
+    p.add_argument(
+        "--image-size", type=int, default=None, help="square synthetic images (default 512)"
+    )
+    p.add_argument("--batch", type=int, default=None, help="images per training step (default 2)")
+    p.add_argument(
+        "--amp",
+        action="store_true",
+        help="mixed precision (CUDA): float16 autocast and a gradient scaler, as "
+        "SOLVER.AMP.ENABLED trains; the recurrent layers keep float32",
+    )
     p.add_argument("--iters", type=int, default=3, help="timed steps per configuration")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps before them")
     p.add_argument("--device", default="", help="default: cuda when available, else cpu")
@@ -110,8 +120,9 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if bool(args.config_file) == bool(args.suite):
         p.error("give either --config-file or --suite")
-    if args.suite:
-        args.image_size, args.batch, _ = SUITES[args.suite]
+    size, batch = SUITES[args.suite][:2] if args.suite else (512, 2)
+    args.image_size = args.image_size or size
+    args.batch = args.batch or batch
     return args
 
 
@@ -177,21 +188,28 @@ def measure(label, config_file, opts, args):
     batch = synthetic_batch(args.batch, args.image_size, *heads, device)
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
+    if args.amp and not cuda:
+        raise ValueError("--amp needs a CUDA device (as Detectron2's AMPTrainer)")
+    scaler = torch.amp.GradScaler("cuda", enabled=args.amp)
+
+    def autocast():
+        return torch.autocast(device.type, dtype=torch.float16, enabled=args.amp)
 
     def train_step():
         model.train()
-        with EventStorage(0):
+        with EventStorage(0), autocast():
             loss = sum(model(batch).values())
         penalties = [layer.lcp for layer in layers if layer.constrained]
         if penalties:
             loss = loss + cfg.MODEL.RECURRENT.LCP_WEIGHT * torch.stack(penalties).sum()
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
 
     def infer():
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), autocast():
             model(batch[:1])
         return [layer.steps.float().mean().item() for layer in layers if layer.steps.numel()]
 
@@ -202,7 +220,8 @@ def measure(label, config_file, opts, args):
         base = peak_rss_mb()
     train_step()  # the memory measurement, before any other step (CPU peak RSS cannot be reset)
     sync()
-    peak = (torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_mb()) - base
+    total = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_mb()
+    peak = total - base
     step = timed(train_step, args.warmup, args.iters, sync)
     inference = timed(infer, args.warmup, args.iters, sync)
     steps = infer()
@@ -210,10 +229,12 @@ def measure(label, config_file, opts, args):
         "model": label,
         "grad": cfg.MODEL.RECURRENT.GRAD if layers else "-",
         "timesteps": cfg.MODEL.RECURRENT.TIMESTEPS if layers else 0,
-        "device": str(device),
+        "device": torch.cuda.get_device_name(device) if cuda else "cpu",
+        "amp": bool(args.amp),
         "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
         "train_step_ms": round(1000 * step, 1),
         "train_peak_mb": round(peak, 1),
+        "train_peak_total_mb": round(total, 1),
         "infer_img_s": round(1.0 / inference, 3),
         "infer_steps": round(sum(steps) / len(steps), 2) if steps else 0,
     }

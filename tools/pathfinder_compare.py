@@ -63,7 +63,14 @@ def parse_args(argv=None):
     p.add_argument("--results", default="results/pathfinder/compare")
     p.add_argument("--output", default="output/pathfinder_compare", help="checkpoints")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="where the runs train: cpu, cuda, cuda:<i>")
+    p.add_argument("--workers", type=int, default=1, help="processes drawing a missing set")
     p.add_argument("--report-only", action="store_true")
+    p.add_argument(
+        "--no-report",
+        action="store_true",
+        help="train only (for several processes sharing one results folder; report after)",
+    )
     return p.parse_args(argv)
 
 
@@ -73,7 +80,7 @@ def make_set(args, difficulty: str, generate: bool = True) -> str:
     root = os.path.join(args.data_root, name)
     if generate:
         counts = {"train": args.train, "val": args.val}
-        generate_pathfinder(root, counts, spec, seed=1, progress=True)
+        generate_pathfinder(root, counts, spec, seed=1, progress=True, workers=args.workers)
     return root
 
 
@@ -91,7 +98,9 @@ def main(argv=None) -> int:
             sets = {name: make_set(args, name) for name in names}
             models = [m for m in args.models.split(",") if m]
             seeds = [int(s) for s in args.seeds.split(",") if s]
-            run_comparison(sets, base, args.results, args.output, models, seeds)
+            run_comparison(sets, base, args.results, args.output, models, seeds, device=args.device)
+            if args.no_report:
+                return 0
         rows = summarize(args.results)
     except (FileNotFoundError, ValueError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)

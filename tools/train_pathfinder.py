@@ -25,6 +25,7 @@ def parse_args(argv=None):
     p.add_argument("--data", required=True, help="a folder made by prepare_pathfinder.py")
     p.add_argument("--output-dir", default="", help="default: output/pathfinder/<settings>")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:<index>")
     for f in fields(PathfinderRun):
         flag = "--" + f.name.replace("_", "-")
         if f.name == "eval_steps":
@@ -44,7 +45,7 @@ def main(argv=None) -> int:
     name = f"{run.model}_{run.grad if run.model == 'hgru' else 'ff'}_N{run.timesteps}_s{run.seed}"
     out = args.output_dir or os.path.join("output", "pathfinder", os.path.basename(args.data), name)
     try:
-        result = run_and_report(run, args.data, out)
+        result = run_and_report(run, args.data, out, device=args.device)
     except (FileNotFoundError, ValueError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

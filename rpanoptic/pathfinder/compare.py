@@ -59,10 +59,11 @@ def run_comparison(
     models: Sequence[str] = DEFAULT_MODELS,
     seeds: Sequence[int] = (0, 1, 2),
     log: Callable[[str], None] = print,
+    device: str = "cpu",
 ) -> List[str]:
-    """Train and evaluate every (set, model, seed) whose result file is missing. ``sets`` maps
-    a set's name (e.g. "easy") to its folder. Checkpoints go to ``output`` (resumed when a run
-    was cut off). Returns the result files written now."""
+    """Train and evaluate every (set, model, seed) whose result file is missing, on ``device``.
+    ``sets`` maps a set's name (e.g. "easy") to its folder. Checkpoints go to ``output``
+    (resumed when a run was cut off). Returns the result files written now."""
     unknown = sorted(set(models) - set(MODELS))
     if unknown:
         raise ValueError(f"pathfinder comparison: unknown models {unknown}; known: {list(MODELS)}")
@@ -77,7 +78,7 @@ def run_comparison(
                 run = replace(base, **MODELS[model], seed=seed)
                 out = os.path.join(output, set_name, f"{model}_s{seed}")
                 log(f"run {set_name}/{model} seed {seed} -> {out}")
-                run_and_report(run, root, out, log)
+                run_and_report(run, root, out, log, device=device)
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 shutil.copyfile(os.path.join(out, "result.json"), target + ".tmp")
                 os.replace(target + ".tmp", target)

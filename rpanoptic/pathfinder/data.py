@@ -27,6 +27,9 @@ class PathfinderSplit(NamedTuple):
     def take(self, idx) -> "PathfinderSplit":
         return PathfinderSplit(*(None if t is None else t[idx] for t in self))
 
+    def to(self, device) -> "PathfinderSplit":
+        return PathfinderSplit(*(None if t is None else t.to(device) for t in self))
+
     def __len__(self) -> int:  # the number of examples (not of fields)
         return len(self.y)
 

@@ -22,8 +22,10 @@ of each path (not from the geometry that drew it).
 """
 
 import csv
+import functools
 import json
 import math
+import multiprocessing
 import os
 from dataclasses import asdict, dataclass
 from typing import Dict, Optional, Tuple
@@ -232,6 +234,21 @@ def check_label(spec: PathfinderSpec, example: Dict) -> bool:
     return on_one_path == bool(example["label"])
 
 
+def _write_example(i: int, spec: "PathfinderSpec", seed: int, folder: str, check: bool) -> Dict:
+    """Draw example ``i``, check its label, write its image and target; its labels.csv row."""
+    example = make_example(spec, seed, i)
+    if check and not check_label(spec, example):
+        raise ValueError(f"pathfinder: example {folder}/{i} fails its label check")
+    name = f"{i:06d}"
+    Image.fromarray(example["image"]).save(os.path.join(folder, name + ".png"))
+    target = example["target"].astype(np.uint8) * 255
+    Image.fromarray(target).save(os.path.join(folder, name + "_target.png"))
+    (x0, y0), (x1, y1) = np.round(example["dots"], 2).tolist()
+    return dict(file=name + ".png", label=example["label"], segments=spec.segments) | dict(
+        x0=x0, y0=y0, x1=x1, y1=y1
+    )
+
+
 def generate_pathfinder(
     root: str,
     counts: Optional[Dict[str, int]] = None,
@@ -239,18 +256,23 @@ def generate_pathfinder(
     seed: int = 0,
     progress: bool = False,
     check: bool = True,
+    workers: int = 1,
 ) -> Tuple[str, bool]:
     """Write ``counts`` examples per split to ``root``: ``<split>/<index>.png`` (image),
     ``<split>/<index>_target.png`` (mask of the path through the first dot) and
     ``<split>/labels.csv`` (file, label, segments, and the dot centres x0, y0 of the first dot
     and x1, y1 of the second); ``generator.json`` records the recipe and is written last. When
     it already records the same recipe nothing is written. With ``check``, every label
-    is verified by :func:`check_label` (a ValueError names a wrong one).
+    is verified by :func:`check_label` (a ValueError names a wrong one). ``workers`` processes
+    draw the examples; as each is a pure function of (spec, seed, index), the files are the
+    same for any number of workers.
 
     Returns (root, whether anything was written).
     """
     from tqdm import tqdm
 
+    if int(workers) < 1:
+        raise ValueError(f"generate_pathfinder: workers must be >= 1, got {workers}")
     counts = dict(counts or {"train": 2000, "val": 400})
     recipe = {"format": FORMAT, "seed": seed, "counts": counts, "spec": asdict(spec.validate())}
     marker = os.path.join(root, "generator.json")
@@ -262,30 +284,29 @@ def generate_pathfinder(
             except ValueError:
                 pass
         os.remove(marker)
-    for offset, (split, count) in enumerate(sorted(counts.items())):
-        folder = os.path.join(root, split)
-        os.makedirs(folder, exist_ok=True)
-        rows = []
-        indices = range(count)
-        if progress:
-            indices = tqdm(indices, desc=f"pathfinder {split}", unit="image")
-        for i in indices:
-            example = make_example(spec, seed * 1000 + offset, i)
-            if check and not check_label(spec, example):
-                raise ValueError(f"pathfinder: example {split}/{i} fails its label check")
-            name = f"{i:06d}"
-            Image.fromarray(example["image"]).save(os.path.join(folder, name + ".png"))
-            target = example["target"].astype(np.uint8) * 255
-            Image.fromarray(target).save(os.path.join(folder, name + "_target.png"))
-            (x0, y0), (x1, y1) = np.round(example["dots"], 2).tolist()
-            rows.append(
-                dict(file=name + ".png", label=example["label"], segments=spec.segments)
-                | dict(x0=x0, y0=y0, x1=x1, y1=y1)
+    pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
+    try:
+        for offset, (split, count) in enumerate(sorted(counts.items())):
+            folder = os.path.join(root, split)
+            os.makedirs(folder, exist_ok=True)
+            write = functools.partial(
+                _write_example, spec=spec, seed=seed * 1000 + offset, folder=folder, check=check
             )
-        with open(os.path.join(folder, "labels.csv"), "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["file", "label"])
-            writer.writeheader()
-            writer.writerows(rows)
+            if pool is None:
+                rows = map(write, range(count))
+            else:
+                rows = pool.imap(write, range(count), chunksize=max(1, min(64, count // workers)))
+            if progress:
+                rows = tqdm(rows, total=count, desc=f"pathfinder {split}", unit="image")
+            rows = list(rows)
+            with open(os.path.join(folder, "labels.csv"), "w", newline="") as f:
+                fields = list(rows[0]) if rows else ["file", "label"]
+                writer = csv.DictWriter(f, fieldnames=fields)
+                writer.writeheader()
+                writer.writerows(rows)
+    finally:
+        if pool is not None:
+            pool.terminate()
     with open(marker, "w") as f:
         json.dump(recipe, f)
     return root, True

@@ -182,7 +182,7 @@ def train(
     with collect or contextlib.nullcontext():
         for it in range(start, run.iters):
             idx = torch.randint(len(data), (run.batch,), generator=gen)
-            batch = data.take(idx)
+            batch = data.take(idx.to(data.y.device))
             loss, lcp = _loss(model, batch, run)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
@@ -271,26 +271,39 @@ def measure_step(model, data: PathfinderSplit, run: PathfinderRun, repeats: int 
     saved = meter.bytes() / 2**20
     loss.backward()
     times = []
+    cuda = batch.x.is_cuda
     for _ in range(repeats):
         model.zero_grad(set_to_none=True)
+        if cuda:
+            torch.cuda.synchronize(batch.x.device)
         start = time.perf_counter()
         _loss(model, batch, run)[0].backward()
+        if cuda:
+            torch.cuda.synchronize(batch.x.device)
         times.append((time.perf_counter() - start) * 1000)
     model.zero_grad(set_to_none=True)
     return {"saved_mb": saved, "step_ms": statistics.median(times)}
 
 
-def run_and_report(run: PathfinderRun, root: str, output_dir: str, log=print) -> Dict:
-    """Train ``run`` on ``root``'s train split, evaluate on val, measure memory and time, and
-    write ``output_dir/result.json``; returns the result."""
-    train_data = load_split(root, "train", run.task)
-    val_data = load_split(root, "val", run.task)
-    model = build_model(run)
+def run_and_report(
+    run: PathfinderRun, root: str, output_dir: str, log=print, device: str = "cpu"
+) -> Dict:
+    """Train ``run`` on ``root``'s train split on ``device`` (the sets are small enough to sit
+    there whole), evaluate on val, measure memory and time, and write
+    ``output_dir/result.json`` (which records the device); returns the result. The device is
+    not a setting of the run: a checkpoint resumes on another device."""
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"pathfinder: device {device} asked for, but torch sees no CUDA device")
+    train_data = load_split(root, "train", run.task).to(device)
+    val_data = load_split(root, "val", run.task).to(device)
+    model = build_model(run).to(device)
     start = time.perf_counter()
     history = train(model, train_data, run, output_dir, log, data_recipe=load_recipe(root))
     result = {
         "run": asdict(run),
         "data": root,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "params": count_parameters(model),
         "train_s": time.perf_counter() - start,
         **evaluate(model, val_data, run.counts()),
