@@ -27,6 +27,7 @@ table and the goal ratios; writes results.csv, targets.csv and memory_vs_steps.p
 """
 import argparse
 import contextlib
+import gc
 import operator
 import os
 import statistics
@@ -213,7 +214,9 @@ def measure(label, config_file, opts, args):
             model(batch[:1])
         return [layer.steps.float().mean().item() for layer in layers if layer.steps.numel()]
 
-    if cuda:
+    if cuda:  # on GPU the configurations share a process: drop the last one's tensors first
+        gc.collect()
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated() / 2**20
     else:
