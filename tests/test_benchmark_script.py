@@ -18,6 +18,7 @@ COLUMNS = [
     "timesteps",
     "device",
     "amp",
+    "memory_cap_gb",
     "params_M",
     "train_step_ms",
     "train_peak_mb",

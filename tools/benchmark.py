@@ -116,6 +116,14 @@ def parse_args(argv=None):
     p.add_argument("--iters", type=int, default=3, help="timed steps per configuration")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps before them")
     p.add_argument("--device", default="", help="default: cuda when available, else cpu")
+    p.add_argument(
+        "--memory-cap-gb",
+        type=float,
+        default=0,
+        help="CUDA: cap this process's memory (torch.cuda.set_per_process_memory_fraction). "
+        "cuDNN takes workspace-hungry algorithms when memory is free (the LCP's double backward "
+        "most); under a cap it falls back to others, so the peak shows what a step needs",
+    )
     p.add_argument("--output-dir", default="output/benchmark")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = p.parse_args(argv)
@@ -215,6 +223,9 @@ def measure(label, config_file, opts, args):
         return [layer.steps.float().mean().item() for layer in layers if layer.steps.numel()]
 
     if cuda:  # on GPU the configurations share a process: drop the last one's tensors first
+        if args.memory_cap_gb:
+            total_gb = torch.cuda.get_device_properties(device).total_memory / 2**30
+            torch.cuda.set_per_process_memory_fraction(min(1.0, args.memory_cap_gb / total_gb))
         gc.collect()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -234,6 +245,7 @@ def measure(label, config_file, opts, args):
         "timesteps": cfg.MODEL.RECURRENT.TIMESTEPS if layers else 0,
         "device": torch.cuda.get_device_name(device) if cuda else "cpu",
         "amp": bool(args.amp),
+        "memory_cap_gb": args.memory_cap_gb if cuda else 0,
         "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
         "train_step_ms": round(1000 * step, 1),
         "train_peak_mb": round(peak, 1),
