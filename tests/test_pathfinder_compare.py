@@ -89,6 +89,28 @@ def test_pictures(compared, tmp_path):
         plot_unfolding({"x": (replace(run, seed=1), checkpoint)}, root, str(tmp_path / "v.png"))
 
 
+def test_accuracy_against_set_orders_sets_by_difficulty(compared, tmp_path):
+    import shutil
+
+    _, results, _, _ = compared
+    two = str(tmp_path / "two")
+    for name in ("hard", "easy"):
+        shutil.copytree(os.path.join(results, "easy"), os.path.join(two, name))
+    files = plot_comparison(two, "easy")
+    assert [os.path.basename(f) for f in files] == ["accuracy_vs_steps.png", "accuracy_vs_set.png"]
+    assert os.path.getsize(files[1]) > 5000
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without a GPU")
+def test_asking_for_cuda_without_a_gpu_is_a_clear_error(compared, tmp_path):
+    from rpanoptic.pathfinder.train import run_and_report
+
+    root = compared[0]
+    with pytest.raises(ValueError, match="no CUDA device"):
+        run_and_report(BASE, root, str(tmp_path / "o"), device="cuda")
+    assert not os.path.exists(tmp_path / "o")
+
+
 def test_script_report_only_and_bad_set(compared, capsys):
     import importlib.util
 

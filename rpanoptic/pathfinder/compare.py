@@ -21,6 +21,7 @@ import torch
 
 from ..utils import atomic_write, pyplot
 from .fixed_point import load_trained
+from .generator import DIFFICULTY
 from .train import PathfinderRun, build_model, load_split, measure_step, run_and_report
 
 __all__ = [
@@ -231,18 +232,24 @@ def plot_comparison(results: str, main_set: str) -> List[str]:
         plt.close(fig)
     if len(table) > 1:
         fig, ax = plt.subplots(figsize=(5, 4))
-        names = sorted(table)
+        order = list(DIFFICULTY)  # easy, medium, hard; other names after them
+        names = sorted(table, key=lambda n: (order.index(n) if n in order else len(order), n))
         models = sorted({m for s in table.values() for m in s})
-        for model in models:
-            means = []
+        for k, model in enumerate(models):
+            means, spread = [], [[], []]
             for name in names:
                 runs = table[name].get(model, [])
                 n = runs[0]["run"]["timesteps"] if runs and runs[0]["run"]["model"] == "hgru" else 1
                 vals = [v for r in runs if (v := _at(r, "accuracy", n)) is not None]
-                means.append(statistics.mean(vals) if vals else np.nan)
-            ax.plot(names, means, marker="o", label=model)
+                mean = statistics.mean(vals) if vals else np.nan
+                means.append(mean)
+                spread[0].append(mean - min(vals) if vals else 0)
+                spread[1].append(max(vals) - mean if vals else 0)
+            x = np.arange(len(names)) + 0.04 * (k - (len(models) - 1) / 2)  # side by side
+            ax.errorbar(x, means, yerr=spread, marker="o", capsize=3, label=model)
+        ax.set_xticks(range(len(names)), names)
         ax.axhline(0.5, color="grey", lw=0.8, ls=":")
-        ax.set_ylabel("val accuracy at the trained N")
+        ax.set_ylabel("val accuracy at the trained N\n(mean, range over seeds)")
         ax.legend(fontsize=7)
         fig.tight_layout()
         files.append(os.path.join(results, "accuracy_vs_set.png"))
