@@ -75,8 +75,8 @@ def test_pictures(compared, tmp_path):
     from dataclasses import replace
 
     root, results, output, _ = compared
-    files = plot_comparison(results, "easy")
-    assert [os.path.basename(f) for f in files] == ["accuracy_vs_steps.png"]
+    files = plot_comparison(results, ["easy"])
+    assert files == [os.path.join(results, "easy", "accuracy_vs_steps.png")]
     assert os.path.getsize(files[0]) > 5000
     run = replace(BASE, model="hgru", grad="crbp", seed=0)
     checkpoint = os.path.join(output, "easy", "hgru_crbp_s0", "checkpoint.pth")
@@ -96,8 +96,12 @@ def test_accuracy_against_set_orders_sets_by_difficulty(compared, tmp_path):
     two = str(tmp_path / "two")
     for name in ("hard", "easy"):
         shutil.copytree(os.path.join(results, "easy"), os.path.join(two, name))
-    files = plot_comparison(two, "easy")
-    assert [os.path.basename(f) for f in files] == ["accuracy_vs_steps.png", "accuracy_vs_set.png"]
+    files = plot_comparison(two, ["easy", "hard"])
+    assert [os.path.relpath(f, two) for f in files] == [
+        os.path.join("easy", "accuracy_vs_steps.png"),
+        os.path.join("hard", "accuracy_vs_steps.png"),
+        "accuracy_vs_set.png",
+    ]
     assert os.path.getsize(files[1]) > 5000
 
 

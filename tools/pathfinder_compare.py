@@ -2,11 +2,13 @@
 """The Pathfinder comparison (`make pathfinder`): feed-forward baselines (ff, ff_large) and the
 hGRU trained with BPTT, RBP and C-RBP, on the same sets with the same settings, one result file
 per (set, model, seed) under --results (skipped when already there: rerun to resume), then
-summary.csv / summary.md, accuracy_vs_steps.png, accuracy_vs_set.png and an unfolding picture.
+summary.csv / summary.md, memory_vs_steps.csv/png, accuracy_vs_set.png and, per set in
+<set>/, accuracy_vs_steps.png, fixed_point.csv and unfolding.png.
 
   python tools/pathfinder_compare.py                       # easy, 32 px, 3 seeds (hours)
   python tools/pathfinder_compare.py --sets easy,medium --models ff,hgru_crbp
   python tools/pathfinder_compare.py --report-only          # tables and pictures only
+  python tools/pathfinder_compare.py --sets hard --device cuda --workers 16   # on a GPU
 """
 
 import argparse
@@ -107,26 +109,32 @@ def main(argv=None) -> int:
         return 2
     for row in rows:
         print("  ".join(f"{k}={v}" for k, v in row.items()))
-    files = plot_comparison(args.results, names[0])
-    root = make_set(args, names[0], generate=False)
-    if os.path.isfile(os.path.join(root, "generator.json")):
-        for row in memory_vs_steps(base, root, args.results):
-            print(f"memory: {row['grad']} N={row['N']}: {row['saved_mb']:.2f} MB kept, "
-                  f"{row['step_ms']:.0f} ms per step")  # fmt: skip
-        files.append(os.path.join(args.results, "memory_vs_steps.png"))
-        checkpoints = os.path.join(args.output, names[0])
-        for row in fixed_point_table(base, MODELS, root, checkpoints, args.results, (0, 1, 2)):
-            print("fixed point: " + "  ".join(f"{k}={v:.3g}" if isinstance(v, float) else
-                                              f"{k}={v}" for k, v in row.items()))  # fmt: skip
+    files = plot_comparison(args.results, names)
+    for i, name in enumerate(names):
+        root = make_set(args, name, generate=False)
+        if not os.path.isfile(os.path.join(root, "generator.json")):
+            print(f"no set at {root}: no memory, fixed-point or unfolding report for {name}")
+            continue
+        if i == 0:  # memory and time do not depend on the set
+            for row in memory_vs_steps(base, root, args.results):
+                print(f"memory: {row['grad']} N={row['N']}: {row['saved_mb']:.2f} MB kept, "
+                      f"{row['step_ms']:.0f} ms per step")  # fmt: skip
+            files.append(os.path.join(args.results, "memory_vs_steps.png"))
+        out = os.path.join(args.results, name)
+        os.makedirs(out, exist_ok=True)
+        checkpoints = os.path.join(args.output, name)
+        for row in fixed_point_table(base, MODELS, root, checkpoints, out, (0, 1, 2)):
+            print(f"fixed point ({name}): " + "  ".join(
+                f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
+            ))  # fmt: skip
         trained = {}
-        for name, changes in MODELS.items():
+        for model, changes in MODELS.items():
             run = replace(base, **changes, seed=0)
-            path = os.path.join(checkpoints, f"{name}_s0", "checkpoint.pth")
+            path = os.path.join(checkpoints, f"{model}_s0", "checkpoint.pth")
             if run.model == "hgru" and is_finished(run, path):
-                trained[name] = (run, path)
+                trained[model] = (run, path)
         if trained:
-            picture = os.path.join(args.results, "unfolding.png")
-            files.append(plot_unfolding(trained, root, picture))
+            files.append(plot_unfolding(trained, root, os.path.join(out, "unfolding.png")))
     for f in files:
         print(f"wrote {f}")
     return 0

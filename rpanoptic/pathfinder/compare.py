@@ -199,13 +199,15 @@ def _write_csv(f, header, rows):
     writer.writerows(rows)
 
 
-def plot_comparison(results: str, main_set: str) -> List[str]:
-    """``accuracy_vs_steps.png`` (on ``main_set``, mean and band over seeds per model; the
-    feed-forward models as flat lines) and, when there are several sets,
-    ``accuracy_vs_set.png`` (accuracy at the trained N per set and model). Returns the files."""
+def plot_comparison(results: str, sets: Optional[Sequence[str]] = None) -> List[str]:
+    """For each set of ``sets`` (default: every set with results), ``<set>/accuracy_vs_steps.png``
+    under ``results`` (mean and band over seeds per model; the feed-forward models as flat
+    lines) and, when there are several sets, ``accuracy_vs_set.png`` (accuracy at the trained N
+    per set and model). Returns the files."""
     plt = pyplot()
     table, files = _load(results), []
-    if main_set in table:
+    sets = [sets] if isinstance(sets, str) else sets
+    for main_set in [s for s in (sets or sorted(table)) if s in table]:
         fig, axes = plt.subplots(1, 2, figsize=(10, 4))
         for model, runs in table[main_set].items():
             for ax, key in zip(axes, ("accuracy", "path_iou")):
@@ -227,7 +229,7 @@ def plot_comparison(results: str, main_set: str) -> List[str]:
         axes[0].legend(fontsize=7)
         fig.suptitle(f"Pathfinder {main_set}: mean and range over seeds")
         fig.tight_layout()
-        files.append(os.path.join(results, "accuracy_vs_steps.png"))
+        files.append(os.path.join(results, main_set, "accuracy_vs_steps.png"))
         fig.savefig(files[-1], dpi=110)
         plt.close(fig)
     if len(table) > 1:
