@@ -1,0 +1,76 @@
+#!/usr/bin/env python
+"""Issue 14's "fuse the gate arithmetic" lever: the hGRU step with its element-wise arithmetic
+written with fused operators (``addcmul`` for (alpha h + mu) and for kappa z + gamma c2 +
+omega z c2, ``lerp`` for h + g2 (candidate - h): six fewer element-wise kernels per step)
+against the project's cell, one C-RBP training step each (N = 20, K = 15), interleaved in one
+process so that both see the same load. Prints the medians and their ratio; the rewrite was not
+kept, as it did not pay (README, Benchmarks).
+
+  python tools/benchmark_fused_gates.py --repeats 6 --threads 1
+"""
+
+import argparse
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from rpanoptic.recurrence import HGRUCell, Recurrence
+
+
+class FusedGatesCell(HGRUCell):
+    """The same step as :class:`HGRUCell`, with fused element-wise operators."""
+
+    def forward(self, x, h):
+        f, (n1, n2, n3, n4) = self.nonlinearity, self.norms
+        g1 = torch.sigmoid(n1(self.gain_gate(h)) + self.gain_bias)
+        c1 = n2(F.conv2d(g1 * h, self.w_inh, padding=self.padding))
+        z = f(x - f(torch.addcmul(self.mu, self.alpha, h) * c1))
+        g2 = torch.sigmoid(n3(self.mix_gate(z)) + self.mix_bias)
+        c2 = n4(F.conv2d(z, self.w_exc, padding=self.padding))
+        candidate = f(torch.addcmul(self.gamma * c2, z, torch.addcmul(self.kappa, self.omega, c2)))
+        return torch.lerp(h, candidate, g2)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--shape", default="8,256,14,14", help="B,C,H,W")
+    p.add_argument("--repeats", type=int, default=6, help="steps per cell (the first is dropped)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    shape = tuple(int(v) for v in args.shape.split(","))
+    torch.manual_seed(0)
+    plain = HGRUCell(shape[1], norm="GN", timesteps=20).to(args.device)
+    fused = FusedGatesCell(shape[1], norm="GN", timesteps=20).to(args.device)
+    fused.load_state_dict(plain.state_dict())
+    x = torch.randn(shape, device=args.device)
+    h = torch.randn(shape, device=args.device)
+    with torch.no_grad():
+        diff = (plain(x, h) - fused(x, h)).abs().max().item()
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    cells = {"plain": plain, "fused": fused}
+    recs = {n: Recurrence(c, 20, grad="crbp", neumann_steps=15).train() for n, c in cells.items()}
+    times = {n: [] for n in recs}
+    for _ in range(args.repeats):
+        for name, rec in recs.items():
+            sync()
+            start = time.perf_counter()
+            with rec.using(lcp_collected=True):
+                out = rec(x)
+                (out.square().mean() + rec.lcp).backward()
+            sync()
+            times[name].append(1000 * (time.perf_counter() - start))
+    med = {n: statistics.median(t[1:]) for n, t in times.items()}
+    print(f"max |plain - fused| of one step: {diff:.2e}")
+    for name, ms in med.items():
+        print(f"{name:6s} C-RBP step: {ms:8.1f} ms")
+    print(f"fused / plain: {med['fused'] / med['plain']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
