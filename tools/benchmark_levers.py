@@ -1,12 +1,16 @@
 #!/usr/bin/env python
-"""Issue 14's "fuse the gate arithmetic" lever: the hGRU step with its element-wise arithmetic
-written with fused operators (``addcmul`` for (alpha h + mu) and for kappa z + gamma c2 +
-omega z c2, ``lerp`` for h + g2 (candidate - h): six fewer element-wise kernels per step)
-against the project's cell, one C-RBP training step each (N = 20, K = 15), interleaved in one
-process so that both see the same load. Prints the medians and their ratio; the rewrite was not
-kept, as it did not pay (README, Benchmarks).
+"""Two of issue 14's levers against the project's hGRU cell, one C-RBP training step each
+(N = 20, K = 15), interleaved in one process so that both see the same load:
 
-  python tools/benchmark_fused_gates.py --repeats 6 --threads 1
+- ``--lever fused``: the step's element-wise arithmetic written with fused operators
+  (``addcmul`` for (alpha h + mu) and for kappa z + gamma c2 + omega z c2, ``lerp`` for
+  h + g2 (candidate - h): six fewer element-wise kernels per step);
+- ``--lever channels_last``: the cell's weights and the input and state in channels-last
+  memory format.
+
+Prints the medians and their ratio. Neither was kept, as neither paid (README, Benchmarks).
+
+  python tools/benchmark_levers.py --lever fused --repeats 6 --threads 1
 """
 
 import argparse
@@ -36,6 +40,7 @@ class FusedGatesCell(HGRUCell):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--lever", default="fused", choices=["fused", "channels_last"])
     p.add_argument("--shape", default="8,256,14,14", help="B,C,H,W")
     p.add_argument("--repeats", type=int, default=6, help="steps per cell (the first is dropped)")
     p.add_argument("--threads", type=int, default=1)
@@ -45,14 +50,19 @@ def main(argv=None) -> int:
     shape = tuple(int(v) for v in args.shape.split(","))
     torch.manual_seed(0)
     plain = HGRUCell(shape[1], norm="GN", timesteps=20).to(args.device)
-    fused = FusedGatesCell(shape[1], norm="GN", timesteps=20).to(args.device)
-    fused.load_state_dict(plain.state_dict())
+    kind = FusedGatesCell if args.lever == "fused" else HGRUCell
+    other = kind(shape[1], norm="GN", timesteps=20).to(args.device)
+    other.load_state_dict(plain.state_dict())
     x = torch.randn(shape, device=args.device)
     h = torch.randn(shape, device=args.device)
+    inputs = {"plain": x, args.lever: x}
+    if args.lever == "channels_last":
+        other = other.to(memory_format=torch.channels_last)
+        inputs[args.lever] = x.contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
-        diff = (plain(x, h) - fused(x, h)).abs().max().item()
+        diff = (plain(x, h) - other(inputs[args.lever], h)).abs().max().item()
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
-    cells = {"plain": plain, "fused": fused}
+    cells = {"plain": plain, args.lever: other}
     recs = {n: Recurrence(c, 20, grad="crbp", neumann_steps=15).train() for n, c in cells.items()}
     times = {n: [] for n in recs}
     for _ in range(args.repeats):
@@ -60,15 +70,15 @@ def main(argv=None) -> int:
             sync()
             start = time.perf_counter()
             with rec.using(lcp_collected=True):
-                out = rec(x)
+                out = rec(inputs[name])
                 (out.square().mean() + rec.lcp).backward()
             sync()
             times[name].append(1000 * (time.perf_counter() - start))
     med = {n: statistics.median(t[1:]) for n, t in times.items()}
-    print(f"max |plain - fused| of one step: {diff:.2e}")
+    print(f"max |plain - {args.lever}| of one step: {diff:.2e}")
     for name, ms in med.items():
-        print(f"{name:6s} C-RBP step: {ms:8.1f} ms")
-    print(f"fused / plain: {med['fused'] / med['plain']:.3f}")
+        print(f"{name:13s} C-RBP step: {ms:8.1f} ms")
+    print(f"{args.lever} / plain: {med[args.lever] / med['plain']:.3f}")
     return 0
 
 
