@@ -37,17 +37,23 @@ class _Star:
         return self.fn(*task)
 
 
+def write_csv(path: str, rows) -> None:
+    """Write a list of dicts (one per row, the first's keys as the header) to ``path``, making
+    its folder."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def save_tables(outdir: str, rows, targets) -> None:
     """Print rows and targets as tables; write results.csv and targets.csv to outdir."""
     from tabulate import tabulate
 
-    os.makedirs(outdir, exist_ok=True)
     for name, data in (("results.csv", rows), ("targets.csv", targets)):
         if data:
-            with open(os.path.join(outdir, name), "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=list(data[0]))
-                writer.writeheader()
-                writer.writerows(data)
+            write_csv(os.path.join(outdir, name), data)
     print(tabulate(rows, headers="keys", tablefmt="github"))
     if targets:
         print()

@@ -11,11 +11,10 @@ images). Prints a table and writes a CSV.
       MODEL.WEIGHTS output/demo/model_final.pth MODEL.DEVICE cpu
 """
 import argparse
-import csv
-import os
 import sys
 
 import torch
+from _bench_common import write_csv
 
 import rpanoptic  # noqa: F401  (registers rpanoptic's components and the synthetic datasets)
 from rpanoptic.engine.setup import get_rpanoptic_cfg
@@ -57,11 +56,7 @@ def main(argv=None) -> int:
         speed = f"{r['images_per_s']:.2f} | {r['s_per_image']:.3f}"
         print(f"| {r['setting']} | {speed} | {r['steps']:.1f} |")
     if args.csv:
-        os.makedirs(os.path.dirname(os.path.abspath(args.csv)), exist_ok=True)
-        with open(args.csv, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        write_csv(args.csv, rows)
     return 0
 
 

@@ -16,12 +16,12 @@ under a cap it falls back to others and the same step peaks at 1.6 GB.
 """
 
 import argparse
-import csv
 import statistics
 import sys
 import time
 
 import torch
+from _bench_common import write_csv
 
 from rpanoptic.recurrence import HGRUCell, Recurrence
 from rpanoptic.recurrence.lcp import ones_vjp
@@ -119,10 +119,7 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"{r['variant']:44s} {r['peak_mb']:8d} {r['step_ms']:8.1f}")
     if args.csv:
-        with open(args.csv, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        write_csv(args.csv, rows)
     return 0
 
 
