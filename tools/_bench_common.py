@@ -1,9 +1,12 @@
-"""Pieces shared by the benchmark scripts: isolated runs, peak RSS, tables and CSV files."""
+"""Pieces shared by the benchmark scripts: isolated runs, timing, peak RSS, tables and CSV
+files."""
 
 import csv
 import multiprocessing as mp
 import os
+import statistics
 import sys
+import time
 
 from rpanoptic.utils import peak_rss_mb  # noqa: F401  (re-exported for the scripts)
 
@@ -35,6 +38,19 @@ class _Star:
 
     def __call__(self, task):
         return self.fn(*task)
+
+
+def timed(fn, warmup, iters, sync):
+    """Median wall time of ``fn()`` in seconds over ``iters`` calls after ``warmup`` calls."""
+    times = []
+    for i in range(warmup + iters):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def write_csv(path: str, rows) -> None:

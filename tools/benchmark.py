@@ -30,11 +30,9 @@ import contextlib
 import gc
 import operator
 import os
-import statistics
 import sys
-import time
 
-from _bench_common import peak_rss_mb, run_configurations, save_tables
+from _bench_common import peak_rss_mb, run_configurations, save_tables, timed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASELINE = "configs/COCO-PanopticSegmentation/panoptic_fpn_R_50_1x.yaml"
@@ -158,19 +156,6 @@ def synthetic_batch(n, size, num_classes, num_stuff, device, seed=0):
         item = {"image": image.to(device), "instances": inst, "sem_seg": sem}
         batch.append(dict(item, height=size, width=size))
     return batch
-
-
-def timed(fn, warmup, iters, sync):
-    """Median wall time of ``fn()`` in seconds over ``iters`` calls after ``warmup`` calls."""
-    times = []
-    for i in range(warmup + iters):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def measure(label, config_file, opts, args):

@@ -16,12 +16,10 @@ under a cap it falls back to others and the same step peaks at 1.6 GB.
 """
 
 import argparse
-import statistics
 import sys
-import time
 
 import torch
-from _bench_common import write_csv
+from _bench_common import timed, write_csv
 
 from rpanoptic.recurrence import HGRUCell, Recurrence
 from rpanoptic.recurrence.lcp import ones_vjp
@@ -45,14 +43,7 @@ def measure(fn, repeats):
     fn()
     torch.cuda.synchronize()
     peak = (torch.cuda.max_memory_allocated() - base) / 2**20
-    times = []
-    for _ in range(repeats):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append(1000 * (time.perf_counter() - start))
-    return peak, statistics.median(times)
+    return peak, 1000 * timed(fn, 0, repeats, torch.cuda.synchronize)
 
 
 def main(argv=None) -> int:
