@@ -1,6 +1,7 @@
 #!/usr/bin/env python
-"""Two of issue 14's levers against the project's hGRU cell, one C-RBP training step each
-(N = 20, K = 15), interleaved in one process so that both see the same load:
+"""Three of issue 14's levers against the project's hGRU cell, interleaved in one process so
+that both variants see the same load. The first two time one C-RBP training step each
+(N = 20, K = 15):
 
 - ``--lever fused``: the step's element-wise arithmetic written with fused operators
   (``addcmul`` for (alpha h + mu) and for kappa z + gamma c2 + omega z c2, ``lerp`` for
@@ -8,7 +9,15 @@
 - ``--lever channels_last``: the cell's weights and the input and state in channels-last
   memory format.
 
-Prints the medians and their ratio. Neither was kept, as neither paid (README, Benchmarks).
+The third times the part of the backward it changes, the Neumann series (the last step's graph
+and its K = 15 vector-Jacobian products with respect to the state):
+
+- ``--lever compiled_vjp``: that graph built by ``torch.compile`` (AOTAutograd), with the
+  cell's parameters held constant so that the compiled backward computes no weight gradients,
+  against the eager graph the engine builds.
+
+Prints the medians and their ratio. None was kept, as none paid on this CPU (README,
+Benchmarks).
 
   python tools/benchmark_levers.py --lever fused --repeats 6 --threads 1
 """
@@ -22,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from rpanoptic.recurrence import HGRUCell, Recurrence
+from rpanoptic.recurrence.rbp import neumann_series
 
 
 class FusedGatesCell(HGRUCell):
@@ -38,9 +48,32 @@ class FusedGatesCell(HGRUCell):
         return torch.lerp(h, candidate, g2)
 
 
+def neumann_times(cell, x, h, terms, repeats, sync):
+    """Median ms of (last step's graph + ``terms`` vector-Jacobian products) built eagerly and
+    by ``torch.compile`` with constant parameters, interleaved; and the largest difference
+    between the two series' sums."""
+    params = {n: p.detach() for n, p in cell.named_parameters()}
+    compiled = torch.compile(lambda x, h: torch.func.functional_call(cell, params, (x, h)))
+    steps = {"plain": cell, "compiled_vjp": compiled}
+    v = torch.randn_like(h)
+    times, sums = {n: [] for n in steps}, {}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            sync()
+            start = time.perf_counter()
+            with torch.enable_grad():
+                h_in = h.detach().requires_grad_()
+                g, _, _ = neumann_series(step(x, h_in), h_in, v, terms)
+            sync()
+            times[name].append(1000 * (time.perf_counter() - start))
+            sums[name] = g
+    diff = (sums["plain"] - sums["compiled_vjp"]).abs().max().item()
+    return {n: statistics.median(t[1:]) for n, t in times.items()}, diff
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--lever", default="fused", choices=["fused", "channels_last"])
+    p.add_argument("--lever", default="fused", choices=["fused", "channels_last", "compiled_vjp"])
     p.add_argument("--shape", default="8,256,14,14", help="B,C,H,W")
     p.add_argument("--repeats", type=int, default=6, help="steps per cell (the first is dropped)")
     p.add_argument("--threads", type=int, default=1)
@@ -55,13 +88,20 @@ def main(argv=None) -> int:
     other.load_state_dict(plain.state_dict())
     x = torch.randn(shape, device=args.device)
     h = torch.randn(shape, device=args.device)
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    if args.lever == "compiled_vjp":
+        med, diff = neumann_times(plain, x, h, 15, args.repeats, sync)
+        print(f"max |plain - compiled| of the Neumann sum (K = 15): {diff:.2e}")
+        for name, ms in med.items():
+            print(f"{name:13s} graph + 15 VJPs: {ms:8.1f} ms")
+        print(f"compiled_vjp / plain: {med['compiled_vjp'] / med['plain']:.3f}")
+        return 0
     inputs = {"plain": x, args.lever: x}
     if args.lever == "channels_last":
         other = other.to(memory_format=torch.channels_last)
         inputs[args.lever] = x.contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         diff = (plain(x, h) - other(inputs[args.lever], h)).abs().max().item()
-    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     cells = {"plain": plain, args.lever: other}
     recs = {n: Recurrence(c, 20, grad="crbp", neumann_steps=15).train() for n, c in cells.items()}
     times = {n: [] for n in recs}
