@@ -124,6 +124,13 @@ def test_the_model_suite_lists_every_model_against_the_feed_forward_one():
         assert os.path.isfile(config), config
     coco = bench.configurations(bench.parse_args(["--suite", "coco"]))
     assert all(os.path.isfile(config) for _, config, _ in coco)
+    # The p3-p5 row's overrides reach the config as a list of levels.
+    (config, opts) = {label: (c, o) for label, c, o in coco}["rfpn_p3p5_crbp10"]
+    from rpanoptic.engine.setup import get_rpanoptic_cfg
+
+    cfg = get_rpanoptic_cfg(config, opts)
+    assert list(cfg.MODEL.RFPN.LEVELS) == ["p3", "p4", "p5"]
+    assert cfg.MODEL.RECURRENT.TIMESTEPS == 10
 
     rows = [
         {"model": "ff", "train_step_ms": 100.0, "infer_img_s": 10.0},
