@@ -160,3 +160,31 @@ def test_neumann_tradeoff_measures_error_against_the_long_series():
     assert rows[(15, 0.0)]["mean_terms"] == 15
     assert rows[(15, 0.2)]["mean_terms"] < 15  # the tolerance stopped the series early
     assert 0 < rows[(15, 0.0)]["spectral_radius"] < 1
+
+
+def test_the_profile_splits_each_step_into_the_engines_phases(tmp_path):
+    import pytest
+
+    tool = _load_tool("profile_recurrence")
+    args = ["--shape", "2,8,6,6", "--steps", "4", "--neumann-steps", "3", "--repeats", "2"]
+    out = str(tmp_path / "profile")
+    assert tool.main([*args, "--grads", "bptt,crbp", "--output-dir", out]) == 0
+    with open(os.path.join(out, "phases.csv")) as f:
+        rows = list(csv.DictReader(f))
+    by = {(r["grad"], r["phase"]): r for r in rows}
+    for name in ("graph_free_steps", "implicit_step", "backward/neumann_series", "backward/lcp"):
+        assert float(by[("crbp", name)]["ms"]) > 0, name
+    assert ("bptt", "unrolled_steps") in by and ("bptt", "graph_free_steps") not in by
+    for grad in ("bptt", "crbp"):  # forward and backward parts add up to the whole step
+        parts = [r for r in rows if r["grad"] == grad and r["part"] in ("forward", "backward")]
+        step = float(by[(grad, "step")]["ms"])
+        assert abs(sum(float(r["ms"]) for r in parts) - step) < 1e-6 * step
+        assert abs(sum(float(r["share"]) for r in parts) - 1) < 1e-6
+    # One graph-free step: the phase's time over the N - 1 steps it ran.
+    graph_free = float(by[("crbp", "graph_free_steps")]["ms"])
+    assert float(by[("crbp", "one graph-free step")]["ms"]) == pytest.approx(graph_free / 3)
+    assert os.path.isfile(os.path.join(out, "phases.png"))
+    with open(os.path.join(out, "operators.csv")) as f:
+        assert any("conv" in r["operator"] for r in csv.DictReader(f))
+    with pytest.raises(SystemExit):
+        tool.parse_args(["--grads", "crbp,newton"])

@@ -1,13 +1,17 @@
 #!/usr/bin/env python
-"""Three of issue 14's levers against the project's hGRU cell, interleaved in one process so
-that both variants see the same load. The first two time one C-RBP training step each
-(N = 20, K = 15):
+"""Issue 14's levers against the project's hGRU cell, interleaved in one process so that the
+variants see the same load. Three time one C-RBP training step each (N = 20, K = 15):
 
 - ``--lever fused``: the step's element-wise arithmetic written with fused operators
   (``addcmul`` for (alpha h + mu) and for kappa z + gamma c2 + omega z c2, ``lerp`` for
   h + g2 (candidate - h): six fewer element-wise kernels per step);
 - ``--lever channels_last``: the cell's weights and the input and state in channels-last
-  memory format.
+  memory format;
+- ``--lever compile_steps``: the graph-free steps through ``torch.compile``
+  (``Recurrence(compile_steps=True)``; the first, compiling, step is dropped).
+
+``--with-bptt`` adds a BPTT-20 step of the plain cell to the same loop and prints each step's
+ratio to it, issue 14's reference.
 
 The third times the part of the backward it changes, the Neumann series (the last step's graph
 and its K = 15 vector-Jacobian products with respect to the state):
@@ -16,8 +20,7 @@ and its K = 15 vector-Jacobian products with respect to the state):
   cell's parameters held constant so that the compiled backward computes no weight gradients,
   against the eager graph the engine builds.
 
-Prints the medians and their ratio. None was kept, as none paid on this CPU (README,
-Benchmarks).
+Prints the medians and their ratios (README, Benchmarks, says which levers were kept).
 
   python tools/benchmark_levers.py --lever fused --repeats 6 --threads 1
 """
@@ -73,7 +76,12 @@ def neumann_times(cell, x, h, terms, repeats, sync):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--lever", default="fused", choices=["fused", "channels_last", "compiled_vjp"])
+    p.add_argument(
+        "--lever",
+        default="fused",
+        choices=["fused", "channels_last", "compile_steps", "compiled_vjp"],
+    )
+    p.add_argument("--with-bptt", action="store_true", help="time a BPTT-20 step as well")
     p.add_argument("--shape", default="8,256,14,14", help="B,C,H,W")
     p.add_argument("--repeats", type=int, default=6, help="steps per cell (the first is dropped)")
     p.add_argument("--threads", type=int, default=1)
@@ -103,22 +111,33 @@ def main(argv=None) -> int:
     with torch.no_grad():
         diff = (plain(x, h) - other(inputs[args.lever], h)).abs().max().item()
     cells = {"plain": plain, args.lever: other}
-    recs = {n: Recurrence(c, 20, grad="crbp", neumann_steps=15).train() for n, c in cells.items()}
+    compiled = {args.lever: args.lever == "compile_steps"}
+    recs = {
+        n: Recurrence(c, 20, grad="crbp", neumann_steps=15, compile_steps=compiled.get(n, False))
+        for n, c in cells.items()
+    }
+    if args.with_bptt:
+        recs["bptt"] = Recurrence(plain, 20, grad="bptt")
+        inputs["bptt"] = x
     times = {n: [] for n in recs}
     for _ in range(args.repeats):
         for name, rec in recs.items():
+            rec.train()
             sync()
             start = time.perf_counter()
             with rec.using(lcp_collected=True):
                 out = rec(inputs[name])
-                (out.square().mean() + rec.lcp).backward()
+                (out.square().mean() + (0 if rec.lcp is None else rec.lcp)).backward()
             sync()
             times[name].append(1000 * (time.perf_counter() - start))
     med = {n: statistics.median(t[1:]) for n, t in times.items()}
     print(f"max |plain - {args.lever}| of one step: {diff:.2e}")
     for name, ms in med.items():
-        print(f"{name:13s} C-RBP step: {ms:8.1f} ms")
+        print(f"{name:13s} {'BPTT' if name == 'bptt' else 'C-RBP'} step: {ms:8.1f} ms")
     print(f"{args.lever} / plain: {med[args.lever] / med['plain']:.3f}")
+    if args.with_bptt:
+        for name in ("plain", args.lever):
+            print(f"{name} / bptt: {med[name] / med['bptt']:.3f}")
     return 0
 
 

@@ -33,6 +33,7 @@ from torch.autograd.function import once_differentiable
 
 from ._batch import expand_as, frozen_running_stats, group_norm
 from .lcp import lcp_from_vjp, lcp_penalty, ones_vjp, power_lcp, power_vector
+from .phases import phase
 
 __all__ = ["neumann_series", "ImplicitStep", "ImplicitStepOptions"]
 
@@ -151,12 +152,14 @@ class ImplicitStep(torch.autograd.Function):
         ), frozen_running_stats(cell):
             x_in = x.detach().requires_grad_(needs_x)
             h_in = h_prev.detach().requires_grad_()
-            out = cell(x_in, h_in)
+            with phase("backward/recompute"):
+                out = cell(x_in, h_in)
             outputs, grads = [], []
             if grad_h is not None:
-                g, diverged, terms = neumann_series(
-                    out, h_in, grad_h, options.neumann_steps, options.rtol, options.coupled
-                )
+                with phase("backward/neumann_series"):
+                    g, diverged, terms = neumann_series(
+                        out, h_in, grad_h, options.neumann_steps, options.rtol, options.coupled
+                    )
                 options.stats[0] += diverged.sum()
                 options.stats[1] += terms.sum()
                 options.stats[2] += terms.numel()
@@ -164,14 +167,16 @@ class ImplicitStep(torch.autograd.Function):
                 grads.append(g)
             if grad_lcp is not None and options.lcp_tau is not None:
                 tau, reduction, coupled = options.lcp_tau, options.lcp_reduction, options.coupled
-                if power:
-                    outputs.append(power_lcp(out, h_in, power[0], tau, reduction, coupled))
-                else:
-                    outputs.append(lcp_penalty(out, h_in, tau, reduction))
+                with phase("backward/lcp"):
+                    if power:
+                        outputs.append(power_lcp(out, h_in, power[0], tau, reduction, coupled))
+                    else:
+                        outputs.append(lcp_penalty(out, h_in, tau, reduction))
                 grads.append(grad_lcp)
             inputs = ([x_in] if needs_x else []) + list(ctx.params)
             if not outputs or not inputs:
                 return (None, None, None, None) + (None,) * len(ctx.params)
-            result = list(torch.autograd.grad(outputs, inputs, grads, allow_unused=True))
+            with phase("backward/parameter_gradients"):
+                result = list(torch.autograd.grad(outputs, inputs, grads, allow_unused=True))
         grad_x = result.pop(0) if needs_x else None
         return (None, None, grad_x, None, *result)

@@ -29,6 +29,7 @@ from .arguments import Rule, at_least, check_arguments, is_number, one_of
 from .compiled import CompiledStep
 from .controls import RecurrenceControls
 from .lcp import LCP_REDUCTIONS, LCP_VECTORS, lcp_penalty
+from .phases import phase
 from .rbp import ImplicitStep, ImplicitStepOptions
 
 __all__ = ["Recurrence", "GRAD_MODES", "ARGUMENTS"]
@@ -38,28 +39,29 @@ Step = Tuple[torch.Tensor, Optional[torch.Tensor]]
 
 def _unroll_with_graph(rec: "Recurrence", x: torch.Tensor, h: torch.Tensor) -> Step:
     """bptt / cbptt: N steps in the graph; the LCP (cbptt) at the last step."""
-    for _ in range(rec.timesteps - 1):
-        h = rec.cell(x, h)
-    if not rec.constrained:
-        return rec.cell(x, h), None
-    if not h.requires_grad:  # N = 1 from a constant start: the penalty still needs dF/dh
-        h = h.detach().requires_grad_()
-    h_next = rec.cell(x, h)
-    penalty = lcp_penalty(
-        h_next,
-        h,
-        rec.lcp_tau,
-        rec.lcp_reduction,
-        rec.lcp_vector,
-        rec.lcp_power_iters,
-        batch_coupled(rec.cell),
-    )
-    return h_next, penalty
+    with phase("unrolled_steps"):
+        for _ in range(rec.timesteps - 1):
+            h = rec.cell(x, h)
+        if not rec.constrained:
+            return rec.cell(x, h), None
+        if not h.requires_grad:  # N = 1 from a constant start: the penalty still needs dF/dh
+            h = h.detach().requires_grad_()
+        h_next = rec.cell(x, h)
+        penalty = lcp_penalty(
+            h_next,
+            h,
+            rec.lcp_tau,
+            rec.lcp_reduction,
+            rec.lcp_vector,
+            rec.lcp_power_iters,
+            batch_coupled(rec.cell),
+        )
+        return h_next, penalty
 
 
 def _unroll_implicit(rec: "Recurrence", x: torch.Tensor, h: torch.Tensor) -> Step:
     """rbp / crbp: N - 1 steps without a graph, the last one differentiated by RBP."""
-    with torch.no_grad():
+    with torch.no_grad(), phase("graph_free_steps"):
         for _ in range(rec.timesteps - 1):
             h = rec.step_without_graph(x, h)
     options = ImplicitStepOptions(
@@ -73,7 +75,8 @@ def _unroll_implicit(rec: "Recurrence", x: torch.Tensor, h: torch.Tensor) -> Ste
         lcp_power_iters=rec.lcp_power_iters,
     )
     params = [p for p in rec.cell.parameters() if p.requires_grad]
-    h_next, lcp = ImplicitStep.apply(rec.cell, options, x, h, *params)
+    with phase("implicit_step"):
+        h_next, lcp = ImplicitStep.apply(rec.cell, options, x, h, *params)
     return h_next, lcp if rec.constrained else None
 
 
@@ -265,20 +268,22 @@ class Recurrence(RecurrenceControls, nn.Module):
         active = torch.ones_like(steps, dtype=torch.bool)
         coupled = batch_coupled(self.cell)
         saved = {}
-        for t in range(1, limit + 1):
-            h_next = self.step_without_graph(x, h)
-            if self.halt_tol > 0:
-                change = group_norm(h_next - h, coupled) / group_norm(h, coupled).clamp_min(1e-12)
-                h = torch.where(expand_as(active, h), h_next, h)
-                steps += active
-                active &= (change >= self.halt_tol).expand_as(active)
-            else:
-                h = h_next
-                steps += 1
-            if t in record:
-                saved[t] = (h, steps.clone())
-            if self.halt_tol > 0 and not active.any():  # one host sync per step, inference only
-                break
+        with phase("graph_free_steps"):
+            for t in range(1, limit + 1):
+                h_next = self.step_without_graph(x, h)
+                if self.halt_tol > 0:
+                    scale = group_norm(h, coupled).clamp_min(1e-12)
+                    change = group_norm(h_next - h, coupled) / scale
+                    h = torch.where(expand_as(active, h), h_next, h)
+                    steps += active
+                    active &= (change >= self.halt_tol).expand_as(active)
+                else:
+                    h = h_next
+                    steps += 1
+                if t in record:
+                    saved[t] = (h, steps.clone())
+                if self.halt_tol > 0 and not active.any():  # one host sync per step (inference)
+                    break
         for t in record:
             saved.setdefault(t, (h, steps.clone()))
         return h, steps, saved
