@@ -13,8 +13,11 @@ variants see the same load. Three time one C-RBP training step each (N = 20, K =
 ``--with-bptt`` adds a BPTT-20 step of the plain cell to the same loop and prints each step's
 ratio to it, issue 14's reference.
 
-The third times the part of the backward it changes, the Neumann series (the last step's graph
-and its K = 15 vector-Jacobian products with respect to the state):
+Two time only the part of the step they change. ``--lever inference_mode``: the 19 graph-free
+steps under ``torch.inference_mode()`` (then one copy of the state, as an inference tensor cannot
+enter the implicit step's graph) against ``torch.no_grad()``, as the engine runs them. And the
+Neumann series (the last step's graph and its K = 15 vector-Jacobian products with respect to
+the state):
 
 - ``--lever compiled_vjp``: that graph built by ``torch.compile`` (AOTAutograd), with the
   cell's parameters held constant so that the compiled backward computes no weight gradients,
@@ -74,12 +77,34 @@ def neumann_times(cell, x, h, terms, repeats, sync):
     return {n: statistics.median(t[1:]) for n, t in times.items()}, diff
 
 
+def graph_free_times(cell, x, h, steps, repeats, sync):
+    """Median ms of ``steps`` graph-free steps under ``no_grad`` and under ``inference_mode``
+    (plus the copy out of it), interleaved; and the largest difference of the final states."""
+    contexts = {"plain": torch.no_grad, "inference_mode": torch.inference_mode}
+    times, states = {n: [] for n in contexts}, {}
+    for _ in range(repeats):
+        for name, context in contexts.items():
+            sync()
+            start = time.perf_counter()
+            state = h
+            with context():
+                for _ in range(steps):
+                    state = cell(x, state)
+            if name == "inference_mode":
+                state = state.clone()
+            sync()
+            times[name].append(1000 * (time.perf_counter() - start))
+            states[name] = state
+    diff = (states["plain"] - states["inference_mode"]).abs().max().item()
+    return {n: statistics.median(t[1:]) for n, t in times.items()}, diff
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument(
         "--lever",
         default="fused",
-        choices=["fused", "channels_last", "compile_steps", "compiled_vjp"],
+        choices=["fused", "channels_last", "compile_steps", "inference_mode", "compiled_vjp"],
     )
     p.add_argument("--with-bptt", action="store_true", help="time a BPTT-20 step as well")
     p.add_argument("--shape", default="8,256,14,14", help="B,C,H,W")
@@ -97,6 +122,13 @@ def main(argv=None) -> int:
     x = torch.randn(shape, device=args.device)
     h = torch.randn(shape, device=args.device)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    if args.lever == "inference_mode":
+        med, diff = graph_free_times(plain, x, h, 19, args.repeats, sync)
+        print(f"max |no_grad - inference_mode| of the state after 19 steps: {diff:.2e}")
+        for name, ms in med.items():
+            print(f"{name:15s} 19 graph-free steps: {ms:8.1f} ms")
+        print(f"inference_mode / plain: {med['inference_mode'] / med['plain']:.3f}")
+        return 0
     if args.lever == "compiled_vjp":
         med, diff = neumann_times(plain, x, h, 15, args.repeats, sync)
         print(f"max |plain - compiled| of the Neumann sum (K = 15): {diff:.2e}")
