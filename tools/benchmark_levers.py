@@ -13,15 +13,15 @@ variants see the same load. Three time one C-RBP training step each (N = 20, K =
 ``--with-bptt`` adds a BPTT-20 step of the plain cell to the same loop and prints each step's
 ratio to it, issue 14's reference.
 
-Two time only the part of the step they change. ``--lever inference_mode``: the 19 graph-free
-steps under ``torch.inference_mode()`` (then one copy of the state, as an inference tensor cannot
-enter the implicit step's graph) against ``torch.no_grad()``, as the engine runs them. And the
-Neumann series (the last step's graph and its K = 15 vector-Jacobian products with respect to
-the state):
+Two time only the part of the step they change:
 
-- ``--lever compiled_vjp``: that graph built by ``torch.compile`` (AOTAutograd), with the
-  cell's parameters held constant so that the compiled backward computes no weight gradients,
-  against the eager graph the engine builds.
+- ``--lever inference_mode``: the 19 graph-free steps under ``torch.inference_mode()`` (then one
+  copy of the state, as an inference tensor cannot enter the implicit step's graph) against
+  ``torch.no_grad()``, as the engine runs them;
+- ``--lever compiled_vjp``: the Neumann series (the last step's graph and its K = 15
+  vector-Jacobian products with respect to the state) with that graph built by
+  ``torch.compile`` (AOTAutograd) and the cell's parameters held constant, so that the compiled
+  backward computes no weight gradients, against the eager graph the engine builds.
 
 Prints the medians and their ratios (README, Benchmarks, says which levers were kept).
 
