@@ -188,3 +188,20 @@ def test_the_profile_splits_each_step_into_the_engines_phases(tmp_path):
         assert any("conv" in r["operator"] for r in csv.DictReader(f))
     with pytest.raises(SystemExit):
         tool.parse_args(["--grads", "crbp,newton"])
+
+
+def test_the_levers_compute_what_the_engine_computes():
+    import torch
+
+    from rpanoptic.recurrence import HGRUCell
+
+    levers = _load_tool("benchmark_levers")
+    torch.manual_seed(0)
+    plain = HGRUCell(8, 3, norm="GN", gn_groups=4, timesteps=20)
+    fused = levers.FusedGatesCell(8, 3, norm="GN", gn_groups=4, timesteps=20)
+    fused.load_state_dict(plain.state_dict())
+    x, h = torch.randn(2, 8, 6, 6), torch.randn(2, 8, 6, 6)
+    torch.testing.assert_close(fused(x, h), plain(x, h), rtol=1e-5, atol=1e-6)
+    times, diff = levers.graph_free_times(plain, x, h, 4, 2, lambda: None)
+    assert diff == 0 and set(times) == {"plain", "inference_mode"}
+    assert levers.main(["--lever", "inference_mode", "--shape", "2,8,6,6", "--repeats", "2"]) == 0

@@ -115,9 +115,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     shape = tuple(int(v) for v in args.shape.split(","))
     torch.manual_seed(0)
-    plain = HGRUCell(shape[1], norm="GN", timesteps=20).to(args.device)
+    plain = HGRUCell(shape[1], norm="GN", timesteps=20, gn_groups=min(32, shape[1])).to(args.device)
     kind = FusedGatesCell if args.lever == "fused" else HGRUCell
-    other = kind(shape[1], norm="GN", timesteps=20).to(args.device)
+    other = kind(shape[1], norm="GN", timesteps=20, gn_groups=min(32, shape[1])).to(args.device)
     other.load_state_dict(plain.state_dict())
     x = torch.randn(shape, device=args.device)
     h = torch.randn(shape, device=args.device)
