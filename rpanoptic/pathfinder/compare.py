@@ -44,6 +44,9 @@ MODELS: Dict[str, Dict] = {
     "hgru_crbp": dict(model="hgru", grad="crbp"),
     # Not in the default run: C-RBP with the penalty on the power-iteration vector (lcp.py).
     "hgru_crbp_power": dict(model="hgru", grad="crbp", lcp_vector="power"),
+    # Not in the default run either: the same at twice the steps. C-RBP keeps the same memory
+    # at any N (only its time grows), so it can train where the state is nearer its fixed point.
+    "hgru_crbp_power_n20": dict(model="hgru", grad="crbp", lcp_vector="power", timesteps=20),
 }
 DEFAULT_MODELS = ("ff", "ff_large", "hgru_bptt", "hgru_rbp", "hgru_crbp")
 
