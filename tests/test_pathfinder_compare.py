@@ -236,3 +236,26 @@ def _saved(tmp_path, state, vector):
     state = {**state, "run": {**state["run"], "lcp_vector": vector}}
     torch.save(state, tmp_path / f"{vector}.pth")
     return str(tmp_path / f"{vector}.pth")
+
+
+def test_a_model_trained_at_more_steps_is_summarised_at_its_own_n(tmp_path):
+    from rpanoptic.pathfinder.compare import MODELS
+
+    longer = dict(MODELS["hgru_crbp_power_n20"])
+    assert longer.pop("timesteps") == 20 and longer == MODELS["hgru_crbp_power"]
+    os.makedirs(tmp_path / "medium")
+    for model, n in (("hgru_crbp_power", 10), ("hgru_crbp_power_n20", 20)):
+        for seed in (0, 1):
+            counts = sorted({1, n // 2, n, 2 * n, 3 * n, 40})
+            acc = {str(c): round(0.5 + c / 200 + seed / 100, 4) for c in counts}
+            result = {"run": {"model": "hgru", "timesteps": n, "seed": seed}, "params": 3881,
+                      "accuracy": acc, "path_iou": acc}  # fmt: skip
+            with open(tmp_path / "medium" / f"{model}_s{seed}.json", "w") as f:
+                json.dump(result, f)
+    rows = {r["model"]: r for r in summarize(str(tmp_path))}
+    assert rows["hgru_crbp_power"]["N / last"] == "10 / 40"
+    assert rows["hgru_crbp_power_n20"]["N / last"] == "20 / 60"
+    # at N = 20: 0.6 and 0.61; at 2N = 40: 0.7 and 0.71; at 3N = 60: 0.8 and 0.81
+    for label, mean in (("N", 0.605), ("2N", 0.705), ("3N", 0.805), ("last", 0.805)):
+        assert rows["hgru_crbp_power_n20"][f"accuracy_{label}"].startswith(f"{mean:.3f} ± ")
+    assert rows["hgru_crbp_power"]["accuracy_3N"].startswith("0.655 ± ")
