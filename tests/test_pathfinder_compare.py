@@ -259,3 +259,54 @@ def test_a_model_trained_at_more_steps_is_summarised_at_its_own_n(tmp_path):
     for label, mean in (("N", 0.605), ("2N", 0.705), ("3N", 0.805), ("last", 0.805)):
         assert rows["hgru_crbp_power_n20"][f"accuracy_{label}"].startswith(f"{mean:.3f} ± ")
     assert rows["hgru_crbp_power"]["accuracy_3N"].startswith("0.655 ± ")
+
+
+def test_result_files_record_what_the_report_needs_without_checkpoints(compared, tmp_path):
+    """An hGRU run's result file holds its fixed-point diagnostics and unfolding frames, equal
+    to those computed from its checkpoint; the report made from result files alone (no
+    checkpoint, as in a later session) gives the same table and picture, and keeps rows of an
+    earlier table that nothing else can give."""
+    from dataclasses import replace
+
+    from rpanoptic.pathfinder.compare import MODELS, plot_set_unfolding, recorded
+    from rpanoptic.pathfinder.fixed_point import fixed_point_table, load_trained
+    from rpanoptic.pathfinder.train import load_split
+    from rpanoptic.pathfinder.unfolding import draw_unfolding, unfolding_frames
+
+    root, results, output, _ = compared
+    checkpoints = os.path.join(output, "easy")
+    found = recorded(results, "easy", "fixed_point")
+    assert sorted(found) == [("hgru_crbp", 0), ("hgru_crbp", 1)]  # not the feed-forward runs
+    from_checkpoints = fixed_point_table(
+        BASE, MODELS, root, checkpoints, str(tmp_path / "a"), seeds=(0, 1)
+    )
+    from_results = fixed_point_table(
+        BASE, MODELS, root, str(tmp_path / "none"), str(tmp_path / "b"), recorded=found
+    )
+    assert len(from_results) == len(from_checkpoints) == 2
+    for a, b in zip(from_checkpoints, from_results):
+        assert a.keys() == b.keys()
+        assert (a["model"], a["seed"]) == (b["model"], b["seed"])
+        for key in set(a) - {"model", "seed"}:
+            assert a[key] == pytest.approx(b[key], rel=1e-5), key
+    # Neither a result nor a checkpoint: the rows already in fixed_point.csv are kept.
+    kept = fixed_point_table(BASE, MODELS, root, str(tmp_path / "none"), str(tmp_path / "b"))
+    assert [(r["model"], r["seed"]) for r in kept] == [("hgru_crbp", 0), ("hgru_crbp", 1)]
+    assert kept[1]["residual_t2"] == pytest.approx(from_checkpoints[1]["residual_t2"], rel=1e-6)
+
+    run = replace(BASE, **MODELS["hgru_crbp"], seed=0)
+    model = load_trained(run, os.path.join(checkpoints, "hgru_crbp_s0", "checkpoint.pth"))
+    direct = unfolding_frames(model, load_split(root, "val", "trace"))
+    stored = recorded(results, "easy", "unfolding")["hgru_crbp", 0]
+    assert stored["counts"] == [1, 2, 4, 8, 16, 40] and stored["task"] == "trace"
+    assert torch.tensor(stored["frames"]).shape == (6, 24, 24)
+    assert torch.tensor(stored["frames"]) == pytest.approx(torch.tensor(direct["frames"]), abs=1e-3)
+    path = plot_set_unfolding(
+        BASE, results, "easy", root, str(tmp_path / "none"), str(tmp_path / "u.png")
+    )
+    assert path and os.path.getsize(path) > 2000
+    empty = str(tmp_path / "empty")
+    os.makedirs(os.path.join(empty, "easy"))
+    assert plot_set_unfolding(BASE, empty, "easy", root, str(tmp_path / "none"), path) is None
+    with pytest.raises(ValueError, match="different"):
+        draw_unfolding({"a": stored, "b": {**stored, "example": 0}}, root, path)

@@ -24,11 +24,12 @@ from rpanoptic.pathfinder.compare import (
     MODELS,
     memory_vs_steps,
     plot_comparison,
-    plot_unfolding,
+    plot_set_unfolding,
+    recorded,
     run_comparison,
     summarize,
 )
-from rpanoptic.pathfinder.fixed_point import fixed_point_table, is_finished
+from rpanoptic.pathfinder.fixed_point import fixed_point_table
 from rpanoptic.pathfinder.train import PathfinderRun
 
 # The settings fixed in advance for every model (the models change only what MODELS says).
@@ -123,18 +124,17 @@ def main(argv=None) -> int:
         out = os.path.join(args.results, name)
         os.makedirs(out, exist_ok=True)
         checkpoints = os.path.join(args.output, name)
-        for row in fixed_point_table(base, MODELS, root, checkpoints, out, (0, 1, 2)):
+        found = recorded(args.results, name, "fixed_point")
+        for row in fixed_point_table(
+            base, MODELS, root, checkpoints, out, (0, 1, 2), recorded=found
+        ):
             print(f"fixed point ({name}): " + "  ".join(
                 f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
             ))  # fmt: skip
-        trained = {}
-        for model, changes in MODELS.items():
-            run = replace(base, **changes, seed=0)
-            path = os.path.join(checkpoints, f"{model}_s0", "checkpoint.pth")
-            if run.model == "hgru" and is_finished(run, path):
-                trained[model] = (run, path)
-        if trained:
-            files.append(plot_unfolding(trained, root, os.path.join(out, "unfolding.png")))
+        drawn = plot_set_unfolding(
+            base, args.results, name, root, checkpoints, os.path.join(out, "unfolding.png")
+        )
+        files += [drawn] if drawn else []
     for f in files:
         print(f"wrote {f}")
     return 0

@@ -6,6 +6,7 @@
 - :mod:`.models` -- the hGRU model and the feed-forward baselines.
 - :mod:`.train` -- training (the four learning modes), the stability evaluation, cost.
 - :mod:`.fixed_point` -- is a trained hGRU at a fixed point, and is RBP's gradient valid there?
+- :mod:`.unfolding` -- the picture of one example through trained hGRUs, step by step.
 - :mod:`.compare` -- the comparison over models and seeds, its table and pictures.
 """
 

@@ -14,15 +14,17 @@ import os
 import shutil
 import statistics
 from dataclasses import replace
+from functools import partial
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
 
 from ..utils import atomic_write, pyplot
-from .fixed_point import load_trained
+from .data import PathfinderSplit
+from .fixed_point import fixed_point_diagnostics, is_finished, load_trained
 from .generator import DIFFICULTY
 from .train import PathfinderRun, build_model, load_split, measure_step, run_and_report
+from .unfolding import draw_unfolding, plot_unfolding, unfolding_frames
 
 __all__ = [
     "MODELS",
@@ -32,6 +34,8 @@ __all__ = [
     "memory_vs_steps",
     "plot_comparison",
     "plot_unfolding",
+    "plot_set_unfolding",
+    "recorded",
 ]
 
 # The compared models, as changes to the shared settings. "ff" is about the hGRU model's size
@@ -49,6 +53,16 @@ MODELS: Dict[str, Dict] = {
     "hgru_crbp_power_n20": dict(model="hgru", grad="crbp", lcp_vector="power", timesteps=20),
 }
 DEFAULT_MODELS = ("ff", "ff_large", "hgru_bptt", "hgru_rbp", "hgru_crbp")
+
+
+def _trained_hgru_record(
+    run: PathfinderRun, model, train: PathfinderSplit, val: PathfinderSplit
+) -> Dict:
+    """What the report needs of a trained hGRU besides its accuracy, kept in its result file
+    so that the report needs no checkpoint (checkpoints do not outlive a session): the
+    fixed-point diagnostics on the first 64 val images and the unfolding frames."""
+    found = fixed_point_diagnostics(model, run, val.take(slice(0, 64)), train)
+    return {"fixed_point": found, "unfolding": unfolding_frames(model, val)}
 
 
 def _result_path(results: str, set_name: str, model: str, seed: int) -> str:
@@ -82,7 +96,8 @@ def run_comparison(
                 run = replace(base, **MODELS[model], seed=seed)
                 out = os.path.join(output, set_name, f"{model}_s{seed}")
                 log(f"run {set_name}/{model} seed {seed} -> {out}")
-                run_and_report(run, root, out, log, device=device)
+                extra = partial(_trained_hgru_record, run) if run.model == "hgru" else None
+                run_and_report(run, root, out, log, device=device, extra=extra)
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 shutil.copyfile(os.path.join(out, "result.json"), target + ".tmp")
                 os.replace(target + ".tmp", target)
@@ -263,36 +278,34 @@ def plot_comparison(results: str, sets: Optional[Sequence[str]] = None) -> List[
     return files
 
 
-@torch.no_grad()
-def plot_unfolding(
-    models: Dict[str, Tuple[PathfinderRun, str]],
-    root: str,
-    path: str,
-    counts=(1, 2, 4, 8, 16, 40),
-) -> str:
-    """One val example through trained hGRU models, one row per entry of ``models`` (label ->
-    (run, checkpoint)): the image (and the cue), then the model's output (trace: the pixel
-    probabilities; label: the state's mean over channels) after each step count in
-    ``counts``."""
-    loaded = {name: load_trained(run, ckpt, finished=True) for name, (run, ckpt) in models.items()}
-    task = next(iter(models.values()))[0].task
-    data = load_split(root, "val", task).take(slice(1, 2))  # a positive example
-    plt = pyplot()
-    rows, cols = len(loaded), len(counts) + 1
-    fig, axes = plt.subplots(rows, cols, figsize=(2 * cols, 2.3 * rows), squeeze=False)
-    shown = data.x[0, 0] + (data.x[0, 1] * 0.5 if data.x.shape[1] > 1 else 0)
-    for row, (name, model) in zip(axes, loaded.items()):
-        row[0].imshow(shown, cmap="gray")
-        row[0].set_title(f"{name} (label {int(data.y[0])})", fontsize=8)
-        for ax, t in zip(row[1:], counts):
-            with model.recurrence.using(test_timesteps=t):
-                out = model(data.x)
-            picture = torch.sigmoid(out[0, 0]) if out.dim() == 4 else model.state[0].mean(0)
-            ax.imshow(picture, cmap="magma", vmin=0, vmax=1 if out.dim() == 4 else None)
-            ax.set_title(f"t = {t}", fontsize=8)
-    for ax in axes.flat:
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+def recorded(results: str, set_name: str, key: str) -> Dict[Tuple[str, int], Dict]:
+    """``key`` ("fixed_point" or "unfolding") of every result file of ``set_name`` that holds
+    it, by (model, seed)."""
+    found = {}
+    for model, runs in _load(results).get(set_name, {}).items():
+        for result in runs:
+            if key in result:
+                found[model, result["run"]["seed"]] = result[key]
+    return found
+
+
+def plot_set_unfolding(
+    base: PathfinderRun, results: str, set_name: str, root: str, checkpoints: str, path: str
+) -> Optional[str]:
+    """``path``: the unfolding of seed 0 of every hGRU model of ``MODELS`` on ``set_name``, from
+    the frames its result file recorded or else from its finished checkpoint under
+    ``checkpoints`` (``<model>_s0/checkpoint.pth``); models with neither are left out. Returns
+    the file, or None when no model could be drawn."""
+    stored = recorded(results, set_name, "unfolding")
+    rows = {}
+    for model, changes in MODELS.items():
+        run = replace(base, **changes, seed=0)
+        checkpoint = os.path.join(checkpoints, f"{model}_s0", "checkpoint.pth")
+        if run.model != "hgru":
+            continue
+        if (model, 0) in stored:
+            rows[model] = stored[model, 0]
+        elif is_finished(run, checkpoint):
+            trained = load_trained(run, checkpoint, finished=True)
+            rows[model] = unfolding_frames(trained, load_split(root, "val", run.task))
+    return draw_unfolding(rows, root, path) if rows else None

@@ -19,7 +19,7 @@ measures it on a trained checkpoint:
 import csv
 import os
 from dataclasses import replace
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -29,7 +29,13 @@ from ..utils import atomic_write
 from .data import PathfinderSplit, load_split
 from .train import PathfinderRun, _loss, build_model, same_settings
 
-__all__ = ["is_finished", "load_trained", "fixed_point_diagnostics", "fixed_point_table"]
+__all__ = [
+    "is_finished",
+    "load_trained",
+    "fixed_point_diagnostics",
+    "fixed_point_row",
+    "fixed_point_table",
+]
 
 
 def is_finished(run: PathfinderRun, checkpoint: str) -> bool:
@@ -83,7 +89,7 @@ def fixed_point_diagnostics(
                 h_in = h.detach().requires_grad_()
                 sums = ones_vjp(rec.cell(x, h_in), h_in, create_graph=False)
             out["ones_above_tau"] = (sums > run.lcp_tau).float().mean().item()
-    probe = build_model(replace(run, grad="rbp"))
+    probe = build_model(replace(run, grad="rbp")).to(val.x.device)
     probe.load_state_dict(model.state_dict())
     probe.train()
     probe.recurrence.reset_neumann_stats()
@@ -95,6 +101,32 @@ def fixed_point_diagnostics(
     return out
 
 
+def fixed_point_row(name: str, seed: int, found: Dict) -> Dict:
+    """One row of ``fixed_point.csv`` from what :func:`fixed_point_diagnostics` returned (or its
+    JSON copy in a result file, whose step counts are strings)."""
+    row = {"model": name, "seed": seed}
+    for key in ("residual", "spectral_radius"):
+        row.update({f"{key}_t{t}": v for t, v in found[key].items()})
+    row["ones_above_tau"] = found.get("ones_above_tau", float("nan"))
+    row["fallback_fraction"] = found["fallback_fraction"]
+    row["neumann_terms"] = found["neumann_terms"]
+    return row
+
+
+def _rows_written_before(path: str) -> Dict[Tuple[str, int], Dict]:
+    """The rows of an existing ``fixed_point.csv``, by (model, seed), numbers as floats."""
+    if not os.path.isfile(path):
+        return {}
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    kept = {}
+    for row in rows:
+        values = {k: float(v) for k, v in row.items() if k not in ("model", "seed") and v != ""}
+        kept[row["model"], int(row["seed"])] = {"model": row["model"], "seed": int(row["seed"])}
+        kept[row["model"], int(row["seed"])].update(values)
+    return kept
+
+
 def fixed_point_table(
     base: PathfinderRun,
     models: Dict[str, Dict],
@@ -103,31 +135,43 @@ def fixed_point_table(
     results: str,
     seeds: Sequence[int] = (0,),
     images: int = 64,
+    recorded: Optional[Dict[Tuple[str, int], Dict]] = None,
 ) -> List[Dict]:
-    """:func:`fixed_point_diagnostics` for every hGRU model in ``models`` (name -> changes to
-    ``base``, as ``compare.MODELS``) and seed whose checkpoint ``<checkpoints>/<name>_s<seed>/
-    checkpoint.pth`` exists and has finished its run, on the first ``images`` val images of
-    ``root``; written to ``fixed_point.csv`` in ``results``. Returns the rows."""
-    val = load_split(root, "val", base.task).take(slice(0, images))
-    train = load_split(root, "train", base.task)
+    """One row of :func:`fixed_point_diagnostics` per hGRU model of ``models`` (name -> changes
+    to ``base``, as ``compare.MODELS``) and seed, written to ``fixed_point.csv`` in ``results``
+    (ordered as ``models``, then by seed). Returns the rows. For each (model, seed), in this
+    order of preference:
+
+    - ``recorded[(name, seed)]``: the diagnostics a run stored in its result file when it
+      finished (the comparison does), which need no checkpoint;
+    - for a seed of ``seeds``, the diagnostics of its checkpoint
+      ``<checkpoints>/<name>_s<seed>/checkpoint.pth`` if that run has finished, on the first
+      ``images`` val images of ``root``;
+    - the row already in ``results/fixed_point.csv``: checkpoints are not kept between
+      sessions, so a table made again elsewhere keeps the rows measured before.
+    """
+    recorded = recorded or {}
+    before = _rows_written_before(os.path.join(results, "fixed_point.csv"))
+    data = None
     rows = []
     for name, changes in models.items():
         run0 = replace(base, **changes)
         if run0.model != "hgru":
             continue
-        for seed in seeds:
-            checkpoint = os.path.join(checkpoints, f"{name}_s{seed}", "checkpoint.pth")
+        known = {s for (m, s) in list(recorded) + list(before) if m == name}
+        for seed in sorted(set(seeds) | known):
             run = replace(run0, seed=seed)
-            if not is_finished(run, checkpoint):  # a run still going, or cut off
-                continue
-            found = fixed_point_diagnostics(load_trained(run, checkpoint), run, val, train)
-            row = {"model": name, "seed": seed}
-            for key in ("residual", "spectral_radius"):
-                row.update({f"{key}_t{t}": v for t, v in found[key].items()})
-            row["ones_above_tau"] = found.get("ones_above_tau", float("nan"))
-            row["fallback_fraction"] = found["fallback_fraction"]
-            row["neumann_terms"] = found["neumann_terms"]
-            rows.append(row)
+            checkpoint = os.path.join(checkpoints, f"{name}_s{seed}", "checkpoint.pth")
+            if (name, seed) in recorded:
+                rows.append(fixed_point_row(name, seed, recorded[name, seed]))
+            elif seed in seeds and is_finished(run, checkpoint):  # not a run cut off
+                if data is None:
+                    val = load_split(root, "val", base.task).take(slice(0, images))
+                    data = val, load_split(root, "train", base.task)
+                found = fixed_point_diagnostics(load_trained(run, checkpoint), run, *data)
+                rows.append(fixed_point_row(name, seed, found))
+            elif (name, seed) in before:
+                rows.append(before[name, seed])
     if rows:
         header = list(dict.fromkeys(k for r in rows for k in r))
 

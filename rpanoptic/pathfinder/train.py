@@ -286,12 +286,19 @@ def measure_step(model, data: PathfinderSplit, run: PathfinderRun, repeats: int 
 
 
 def run_and_report(
-    run: PathfinderRun, root: str, output_dir: str, log=print, device: str = "cpu"
+    run: PathfinderRun,
+    root: str,
+    output_dir: str,
+    log=print,
+    device: str = "cpu",
+    extra: Optional[Callable[[torch.nn.Module, PathfinderSplit, PathfinderSplit], Dict]] = None,
 ) -> Dict:
     """Train ``run`` on ``root``'s train split on ``device`` (the sets are small enough to sit
     there whole), evaluate on val, measure memory and time, and write
     ``output_dir/result.json`` (which records the device); returns the result. The device is
-    not a setting of the run: a checkpoint resumes on another device."""
+    not a setting of the run: a checkpoint resumes on another device. ``extra(model, train,
+    val)``, when given, returns more entries for the result, measured on the trained model
+    (the comparison records its fixed-point diagnostics and unfolding there)."""
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"pathfinder: device {device} asked for, but torch sees no CUDA device")
@@ -308,6 +315,7 @@ def run_and_report(
         "train_s": time.perf_counter() - start,
         **evaluate(model, val_data, run.counts()),
         **measure_step(model, train_data, run),
+        **(extra(model, train_data, val_data) if extra is not None else {}),
         "history": history,
     }
     atomic_write_json(os.path.join(output_dir, "result.json"), result, indent=2)
