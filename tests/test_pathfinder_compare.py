@@ -268,8 +268,9 @@ def test_result_files_record_what_the_report_needs_without_checkpoints(compared,
     earlier table that nothing else can give."""
     from dataclasses import replace
 
-    from rpanoptic.pathfinder.compare import MODELS, plot_set_unfolding, recorded
+    from rpanoptic.pathfinder.compare import MODELS
     from rpanoptic.pathfinder.fixed_point import fixed_point_table, load_trained
+    from rpanoptic.pathfinder.report import plot_set_unfolding, recorded
     from rpanoptic.pathfinder.train import load_split
     from rpanoptic.pathfinder.unfolding import draw_unfolding, unfolding_frames
 
@@ -310,3 +311,33 @@ def test_result_files_record_what_the_report_needs_without_checkpoints(compared,
     assert plot_set_unfolding(BASE, empty, "easy", root, str(tmp_path / "none"), path) is None
     with pytest.raises(ValueError, match="different"):
         draw_unfolding({"a": stored, "b": {**stored, "example": 0}}, root, path)
+
+
+def test_result_files_record_the_cue_reach_and_the_report_draws_it(compared, tmp_path):
+    """Every trace-task run records the cue's reach, equal to cue_reach on its checkpoint, at
+    1 step for feed-forward models and at 1, N and 40 for hGRUs; the picture is drawn from the
+    records alone."""
+    from dataclasses import replace
+
+    from rpanoptic.pathfinder.compare import MODELS
+    from rpanoptic.pathfinder.fixed_point import load_trained
+    from rpanoptic.pathfinder.reach import cue_reach
+    from rpanoptic.pathfinder.report import plot_set_cue_reach, recorded
+    from rpanoptic.pathfinder.train import load_split
+
+    root, results, output, _ = compared
+    found = recorded(results, "easy", "cue_reach")
+    assert sorted(found) == [("ff", 0), ("ff", 1), ("hgru_crbp", 0), ("hgru_crbp", 1)]
+    assert set(found["ff", 0]["influence"]) == {"1"}
+    assert set(found["hgru_crbp", 1]["influence"]) == {"1", "2", "40"}  # N = 2
+    run = replace(BASE, **MODELS["hgru_crbp"], seed=1)
+    model = load_trained(run, os.path.join(output, "easy", "hgru_crbp_s1", "checkpoint.pth"))
+    direct = cue_reach(model, load_split(root, "val", "trace"), (2,))
+    assert found["hgru_crbp", 1]["pixels"] == direct["pixels"]
+    for a, b in zip(found["hgru_crbp", 1]["influence"]["2"], direct["influence"][2]):
+        assert (a is None and b is None) or a == pytest.approx(b, abs=1e-5)
+    none = str(tmp_path / "none")
+    path = plot_set_cue_reach(BASE, results, "easy", root, none, str(tmp_path / "r.png"))
+    assert path and os.path.getsize(path) > 2000
+    label = replace(BASE, task="label")
+    assert plot_set_cue_reach(label, results, "easy", root, none, str(tmp_path / "s.png")) is None

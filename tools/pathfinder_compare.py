@@ -24,12 +24,11 @@ from rpanoptic.pathfinder.compare import (
     MODELS,
     memory_vs_steps,
     plot_comparison,
-    plot_set_unfolding,
-    recorded,
     run_comparison,
     summarize,
 )
 from rpanoptic.pathfinder.fixed_point import fixed_point_table
+from rpanoptic.pathfinder.report import plot_set_cue_reach, plot_set_unfolding, recorded
 from rpanoptic.pathfinder.train import PathfinderRun
 
 # The settings fixed in advance for every model (the models change only what MODELS says).
@@ -133,6 +132,10 @@ def main(argv=None) -> int:
             ))  # fmt: skip
         drawn = plot_set_unfolding(
             base, args.results, name, root, checkpoints, os.path.join(out, "unfolding.png")
+        )
+        files += [drawn] if drawn else []
+        drawn = plot_set_cue_reach(
+            base, args.results, name, root, checkpoints, os.path.join(out, "cue_reach.png")
         )
         files += [drawn] if drawn else []
     for f in files:

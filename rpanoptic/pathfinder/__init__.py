@@ -7,7 +7,9 @@
 - :mod:`.train` -- training (the four learning modes), the stability evaluation, cost.
 - :mod:`.fixed_point` -- is a trained hGRU at a fixed point, and is RBP's gradient valid there?
 - :mod:`.unfolding` -- the picture of one example through trained hGRUs, step by step.
+- :mod:`.reach` -- how far the cue's influence reaches along the cued path.
 - :mod:`.compare` -- the comparison over models and seeds, its table and pictures.
+- :mod:`.report` -- per-set pictures drawn from result files (or checkpoints).
 """
 
 from .generator import DIFFICULTY, PathfinderSpec, check_label, generate_pathfinder, make_example

@@ -15,27 +15,28 @@ import shutil
 import statistics
 from dataclasses import replace
 from functools import partial
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from ..utils import atomic_write, pyplot
 from .data import PathfinderSplit
-from .fixed_point import fixed_point_diagnostics, is_finished, load_trained
+from .fixed_point import fixed_point_diagnostics
 from .generator import DIFFICULTY
+from .reach import cue_reach
 from .train import PathfinderRun, build_model, load_split, measure_step, run_and_report
-from .unfolding import draw_unfolding, plot_unfolding, unfolding_frames
+from .unfolding import plot_unfolding, unfolding_frames
 
 __all__ = [
     "MODELS",
     "DEFAULT_MODELS",
     "run_comparison",
+    "load_results",
+    "reach_counts",
     "summarize",
     "memory_vs_steps",
     "plot_comparison",
     "plot_unfolding",
-    "plot_set_unfolding",
-    "recorded",
 ]
 
 # The compared models, as changes to the shared settings. "ff" is about the hGRU model's size
@@ -55,14 +56,23 @@ MODELS: Dict[str, Dict] = {
 DEFAULT_MODELS = ("ff", "ff_large", "hgru_bptt", "hgru_rbp", "hgru_crbp")
 
 
-def _trained_hgru_record(
-    run: PathfinderRun, model, train: PathfinderSplit, val: PathfinderSplit
-) -> Dict:
-    """What the report needs of a trained hGRU besides its accuracy, kept in its result file
-    so that the report needs no checkpoint (checkpoints do not outlive a session): the
+def reach_counts(run: PathfinderRun) -> List[int]:
+    """The step counts of a run's cue-reach record: 1, the trained N and 40."""
+    return sorted({1, run.timesteps, 40}) if run.model == "hgru" else [1]
+
+
+def _trained_record(run: PathfinderRun, model, train: PathfinderSplit, val: PathfinderSplit):
+    """What the report needs of a trained model besides its accuracy, kept in its result file
+    so that the report needs no checkpoint (checkpoints do not outlive a session): for the
+    trace task the cue's reach along the path (``reach.cue_reach``), and for an hGRU its
     fixed-point diagnostics on the first 64 val images and the unfolding frames."""
-    found = fixed_point_diagnostics(model, run, val.take(slice(0, 64)), train)
-    return {"fixed_point": found, "unfolding": unfolding_frames(model, val)}
+    found = {}
+    if run.task == "trace":
+        found["cue_reach"] = cue_reach(model, val, reach_counts(run))
+    if run.model == "hgru":
+        found["fixed_point"] = fixed_point_diagnostics(model, run, val.take(slice(0, 64)), train)
+        found["unfolding"] = unfolding_frames(model, val)
+    return found
 
 
 def _result_path(results: str, set_name: str, model: str, seed: int) -> str:
@@ -96,7 +106,7 @@ def run_comparison(
                 run = replace(base, **MODELS[model], seed=seed)
                 out = os.path.join(output, set_name, f"{model}_s{seed}")
                 log(f"run {set_name}/{model} seed {seed} -> {out}")
-                extra = partial(_trained_hgru_record, run) if run.model == "hgru" else None
+                extra = partial(_trained_record, run)
                 run_and_report(run, root, out, log, device=device, extra=extra)
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 shutil.copyfile(os.path.join(out, "result.json"), target + ".tmp")
@@ -105,7 +115,7 @@ def run_comparison(
     return written
 
 
-def _load(results: str) -> Dict[str, Dict[str, List[Dict]]]:
+def load_results(results: str) -> Dict[str, Dict[str, List[Dict]]]:
     """{set: {model: [result, ...]}} from the result files."""
     table: Dict[str, Dict[str, List[Dict]]] = {}
     for path in sorted(glob.glob(os.path.join(results, "*", "*_s*.json"))):
@@ -134,7 +144,7 @@ def summarize(results: str) -> List[Dict]:
     the N column), drift, spectral radius, memory kept for backward and step time; written to
     ``summary.csv`` and ``summary.md`` in ``results``."""
     rows = []
-    for set_name, models in _load(results).items():
+    for set_name, models in load_results(results).items():
         for model in sorted(models, key=lambda m: list(MODELS).index(m) if m in MODELS else 99):
             runs = models[model]
             hgru = runs[0]["run"]["model"] == "hgru"
@@ -223,7 +233,7 @@ def plot_comparison(results: str, sets: Optional[Sequence[str]] = None) -> List[
     lines) and, when there are several sets, ``accuracy_vs_set.png`` (accuracy at the trained N
     per set and model). Returns the files."""
     plt = pyplot()
-    table, files = _load(results), []
+    table, files = load_results(results), []
     sets = [sets] if isinstance(sets, str) else sets
     for main_set in [s for s in (sets or sorted(table)) if s in table]:
         fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -276,36 +286,3 @@ def plot_comparison(results: str, sets: Optional[Sequence[str]] = None) -> List[
         fig.savefig(files[-1], dpi=110)
         plt.close(fig)
     return files
-
-
-def recorded(results: str, set_name: str, key: str) -> Dict[Tuple[str, int], Dict]:
-    """``key`` ("fixed_point" or "unfolding") of every result file of ``set_name`` that holds
-    it, by (model, seed)."""
-    found = {}
-    for model, runs in _load(results).get(set_name, {}).items():
-        for result in runs:
-            if key in result:
-                found[model, result["run"]["seed"]] = result[key]
-    return found
-
-
-def plot_set_unfolding(
-    base: PathfinderRun, results: str, set_name: str, root: str, checkpoints: str, path: str
-) -> Optional[str]:
-    """``path``: the unfolding of seed 0 of every hGRU model of ``MODELS`` on ``set_name``, from
-    the frames its result file recorded or else from its finished checkpoint under
-    ``checkpoints`` (``<model>_s0/checkpoint.pth``); models with neither are left out. Returns
-    the file, or None when no model could be drawn."""
-    stored = recorded(results, set_name, "unfolding")
-    rows = {}
-    for model, changes in MODELS.items():
-        run = replace(base, **changes, seed=0)
-        checkpoint = os.path.join(checkpoints, f"{model}_s0", "checkpoint.pth")
-        if run.model != "hgru":
-            continue
-        if (model, 0) in stored:
-            rows[model] = stored[model, 0]
-        elif is_finished(run, checkpoint):
-            trained = load_trained(run, checkpoint, finished=True)
-            rows[model] = unfolding_frames(trained, load_split(root, "val", run.task))
-    return draw_unfolding(rows, root, path) if rows else None
