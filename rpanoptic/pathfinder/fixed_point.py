@@ -121,9 +121,9 @@ def _rows_written_before(path: str) -> Dict[Tuple[str, int], Dict]:
         rows = list(csv.DictReader(f))
     kept = {}
     for row in rows:
+        model, seed = row["model"], int(row["seed"])
         values = {k: float(v) for k, v in row.items() if k not in ("model", "seed") and v != ""}
-        kept[row["model"], int(row["seed"])] = {"model": row["model"], "seed": int(row["seed"])}
-        kept[row["model"], int(row["seed"])].update(values)
+        kept[model, seed] = {"model": model, "seed": seed, **values}
     return kept
 
 

@@ -4,6 +4,7 @@ recorded when it finished (``compare`` records it), or else from the run's finis
 so the report can be made again in a session that no longer has the checkpoints.
 """
 
+import functools
 import os
 from dataclasses import replace
 from typing import Callable, Dict, Optional, Sequence, Tuple
@@ -20,8 +21,8 @@ __all__ = ["recorded", "plot_set_unfolding", "plot_set_cue_reach"]
 
 
 def recorded(results: str, set_name: str, key: str) -> Dict[Tuple[str, int], Dict]:
-    """``key`` ("fixed_point" or "unfolding") of every result file of ``set_name`` that holds
-    it, by (model, seed)."""
+    """``key`` ("fixed_point", "unfolding" or "cue_reach") of every result file of ``set_name``
+    that holds it, by (model, seed)."""
     found = {}
     for model, runs in load_results(results).get(set_name, {}).items():
         for result in runs:
@@ -49,9 +50,9 @@ def _seed_records(
     for model, changes in MODELS.items():
         for seed in seeds:
             run = replace(base, **changes, seed=seed)
-            checkpoint = os.path.join(checkpoints, f"{model}_s{seed}", "checkpoint.pth")
             if hgru_only and run.model != "hgru":
                 continue
+            checkpoint = os.path.join(checkpoints, f"{model}_s{seed}", "checkpoint.pth")
             if (model, seed) in stored:
                 found.setdefault(model, {})[seed] = stored[model, seed]
             elif is_finished(run, checkpoint):
@@ -67,12 +68,10 @@ def plot_set_unfolding(
     the frames its result file recorded or else from its finished checkpoint under
     ``checkpoints`` (``<model>_s0/checkpoint.pth``); models with neither are left out. Returns
     the file, or None when no model could be drawn."""
-    val = {}
+    val = functools.lru_cache(maxsize=None)(functools.partial(load_split, root, "val"))
 
     def frames(run, model):
-        if run.task not in val:
-            val[run.task] = load_split(root, "val", run.task)
-        return unfolding_frames(model, val[run.task])
+        return unfolding_frames(model, val(run.task))
 
     found = _seed_records(base, results, set_name, checkpoints, "unfolding", frames, (0,), True)
     rows = {model: seeds[0] for model, seeds in found.items()}
@@ -95,18 +94,16 @@ def plot_set_cue_reach(
     draw (or the task is not the trace task)."""
     if base.task != "trace":
         return None
-    val = []
+    val = functools.lru_cache(maxsize=None)(functools.partial(load_split, root, "val"))
 
     def reach(run, model):
-        if not val:
-            val.append(load_split(root, "val", run.task))
-        return cue_reach(model, val[0], reach_counts(run))
+        return cue_reach(model, val(run.task), reach_counts(run))
 
     found = _seed_records(base, results, set_name, checkpoints, "cue_reach", reach, seeds, False)
     curves = {}
     for model, by_seed in found.items():
-        n = replace(base, **MODELS[model]).timesteps if MODELS[model]["model"] == "hgru" else 1
-        steps = [n, 40] if MODELS[model]["model"] == "hgru" else [1]
+        run = replace(base, **MODELS[model])
+        steps = [run.timesteps, 40] if run.model == "hgru" else [1]
         curves[model] = {"records": list(by_seed.values()), "steps": steps}
     if not curves:
         return None

@@ -298,7 +298,7 @@ def run_and_report(
     ``output_dir/result.json`` (which records the device); returns the result. The device is
     not a setting of the run: a checkpoint resumes on another device. ``extra(model, train,
     val)``, when given, returns more entries for the result, measured on the trained model
-    (the comparison records its fixed-point diagnostics and unfolding there)."""
+    (the comparison records the cue's reach, fixed-point diagnostics and unfolding there)."""
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"pathfinder: device {device} asked for, but torch sees no CUDA device")
