@@ -23,6 +23,10 @@ def add_rpanoptic_config(cfg: CN) -> CN:
     cfg.MODEL.RECURRENT.NEUMANN_STEPS = 15
     # Stop the Neumann series once terms are this small relative to the sum; 0 disables.
     cfg.MODEL.RECURRENT.NEUMANN_RTOL = 0.0
+    # How the K vector-Jacobian products become the gradient: "neumann" (the truncated series,
+    # the paper's) | "gmres" (the combination with the smallest residual: same cost per product,
+    # a much smaller gradient error near a spectral radius of 1).
+    cfg.MODEL.RECURRENT.BACKWARD_SOLVER = "neumann"
     # Weight of loss_lcp, the Lipschitz coefficient penalty (cbptt/crbp); the authors' XI.
     cfg.MODEL.RECURRENT.LCP_WEIGHT = 1e-3
     # How the penalty reduces over the state's elements: "sum" (authors' panoptic code) | "mean".

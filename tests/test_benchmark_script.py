@@ -111,7 +111,7 @@ def test_the_model_suite_lists_every_model_against_the_feed_forward_one():
     args = bench.parse_args(["--suite", "synthetic", "MODEL.RECURRENT.NEUMANN_STEPS", "5"])
     assert (args.image_size, args.batch) == (160, 4)
     tasks = {label: (config, opts) for label, config, opts in bench.configurations(args)}
-    assert list(tasks)[0] == "ff" and len(tasks) == 8
+    assert list(tasks)[0] == "ff" and len(tasks) == 9
     assert tasks["ff"][1] == []  # the baseline drops the recurrent-only override
     assert tasks["rfpn_bptt5"][1][-4:] == [
         "MODEL.RECURRENT.GRAD",
@@ -120,6 +120,13 @@ def test_the_model_suite_lists_every_model_against_the_feed_forward_one():
         "5",
     ]
     assert tasks["rfpn_crbp10_compile"][1][-2:] == ["MODEL.RECURRENT.COMPILE", "True"]
+    # The suite's own K = 4 comes after the command line's K = 5, so it wins.
+    assert tasks["rfpn_crbp10_gmres4"][1][-4:] == [
+        "MODEL.RECURRENT.BACKWARD_SOLVER",
+        "gmres",
+        "MODEL.RECURRENT.NEUMANN_STEPS",
+        "4",
+    ]
     for config, _ in tasks.values():
         assert os.path.isfile(config), config
     coco = bench.configurations(bench.parse_args(["--suite", "coco"]))
@@ -205,3 +212,24 @@ def test_the_levers_compute_what_the_engine_computes():
     times, diff = levers.graph_free_times(plain, x, h, 4, 2, lambda: None)
     assert diff == 0 and set(times) == {"plain", "inference_mode"}
     assert levers.main(["--lever", "inference_mode", "--shape", "2,8,6,6", "--repeats", "2"]) == 0
+
+
+def test_the_solver_benchmark_matches_the_neumann_error_with_fewer_products(tmp_path):
+    tool = _load_tool("benchmark_solvers")
+    out = str(tmp_path / "solvers")
+    argv = ["--shape", "2,8,5,5", "--timesteps", "6", "--terms", "1,2,4,8", "--neumann-steps", "8"]
+    argv += ["--exact-terms", "200", "--repeats", "2", "--threads", "1", "--output-dir", out]
+    assert tool.main(argv) == 0
+    with open(os.path.join(out, "errors.csv")) as f:
+        errors = {(r["solver"], int(r["K"])): float(r["grad_rel_error"]) for r in csv.DictReader(f)}
+    for k in (1, 2, 4, 8):
+        assert errors[("gmres", k)] < errors[("neumann", k)], k
+    k_star = min(k for k in (1, 2, 4, 8) if errors[("gmres", k)] <= errors[("neumann", 8)])
+    with open(os.path.join(out, "times.csv")) as f:
+        times = {r["mode"]: r for r in csv.DictReader(f)}
+    assert set(times) == {"crbp_ref", "crbp", f"crbp+gmres@{k_star}", "crbp+gmres@8", "bptt"}
+    assert all(int(r["k_star"]) == k_star for r in times.values()) and k_star < 8
+    # The solver runs in backward: what a forward keeps for it does not change.
+    assert times[f"crbp+gmres@{k_star}"]["saved_mb"] == times["crbp"]["saved_mb"]
+    assert float(times["bptt"]["saved_mb"]) > float(times["crbp"]["saved_mb"])
+    assert os.path.isfile(os.path.join(out, "solvers.png"))

@@ -23,6 +23,7 @@ pytestmark = pytest.mark.usefixtures("event_storage")
         ("MODEL.RECURRENT.COMPILE", "yes", r"False vs. yes.*MODEL.RECURRENT.COMPILE"),
         ("MODEL.RECURRENT.LCP_VECTOR", "abs", r"LCP_VECTOR = 'abs'.*'ones', 'power'"),
         ("MODEL.RECURRENT.LCP_POWER_ITERS", 0, r"LCP_POWER_ITERS = 0.*>= 1"),
+        ("MODEL.RECURRENT.BACKWARD_SOLVER", "cg", r"BACKWARD_SOLVER = 'cg'.*'neumann', 'gmres'"),
         ("MODEL.HGRU.NORM", "LN", r"MODEL.HGRU.NORM = 'LN'.*'GN'"),
         ("MODEL.HGRU.NONLINEARITY", "gelu", r"NONLINEARITY = 'gelu'.*'softplus'"),
         ("MODEL.HGRU.KERNEL_SIZE", 4, r"KERNEL_SIZE = 4.*odd"),

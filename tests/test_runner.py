@@ -112,11 +112,14 @@ def test_autocast_keeps_recurrence_in_float32():
         torch.testing.assert_close(h, ref, msg=grad)
 
 
+@pytest.mark.parametrize("solver", ["neumann", "gmres"])
 @pytest.mark.parametrize("rtol", [0.0, 1e-4])
 @pytest.mark.parametrize("norm", ["GN", "BN"])
-def test_no_host_synchronisation_in_rbp_backward(norm, rtol):
+def test_no_host_synchronisation_in_rbp_backward(norm, rtol, solver):
     cell = HGRUCell(8, norm=norm, gn_groups=4)
-    rec = Recurrence(cell, 4, grad="crbp", neumann_steps=20, neumann_rtol=rtol).train()
+    rec = Recurrence(
+        cell, 4, grad="crbp", neumann_steps=20, neumann_rtol=rtol, backward_solver=solver
+    ).train()
     x = torch.randn(2, 8, 6, 6, requires_grad=True)
     h = rec(x)
     loss = h.square().mean() + rec.lcp
@@ -135,6 +138,7 @@ def test_no_host_synchronisation_in_rbp_backward(norm, rtol):
         (dict(timesteps=0), r"timesteps=0.*an integer >= 1"),
         (dict(timesteps=2.5), r"timesteps=2.5"),
         (dict(neumann_steps=-1), r"neumann_steps=-1.*an integer >= 0"),
+        (dict(backward_solver="cg"), r"backward_solver='cg'.*'neumann', 'gmres'"),
         (dict(lcp_tau=0.0), r"lcp_tau=0.0.*0 < value < 1"),
         (dict(lcp_tau=1.0), r"lcp_tau=1.0.*0 < value < 1"),
         (dict(lcp_tau=-1), r"lcp_tau=-1"),

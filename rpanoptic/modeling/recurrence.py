@@ -28,6 +28,7 @@ _ENGINE_KEYS = {
     "MODEL.RECURRENT.TEST_TIMESTEPS": (RECURRENCE_ARGUMENTS, "test_timesteps"),
     "MODEL.RECURRENT.NEUMANN_STEPS": (RECURRENCE_ARGUMENTS, "neumann_steps"),
     "MODEL.RECURRENT.NEUMANN_RTOL": (RECURRENCE_ARGUMENTS, "neumann_rtol"),
+    "MODEL.RECURRENT.BACKWARD_SOLVER": (RECURRENCE_ARGUMENTS, "backward_solver"),
     "MODEL.RECURRENT.LCP_REDUCTION": (RECURRENCE_ARGUMENTS, "lcp_reduction"),
     "MODEL.RECURRENT.LCP_TAU": (RECURRENCE_ARGUMENTS, "lcp_tau"),
     "MODEL.RECURRENT.LCP_VECTOR": (RECURRENCE_ARGUMENTS, "lcp_vector"),
@@ -79,7 +80,8 @@ def build_recurrence(cfg, channels: int, name: str = "recurrence") -> Recurrence
     """A :class:`Recurrence` (named ``name``, its module path in the model) of an
     :class:`HGRUCell` with ``channels``, as MODEL.RECURRENT and
     MODEL.HGRU say. Reads: MODEL.RECURRENT.{GRAD, TIMESTEPS, TEST_TIMESTEPS, NEUMANN_STEPS,
-    NEUMANN_RTOL, LCP_TAU, LCP_REDUCTION, LCP_VECTOR, LCP_POWER_ITERS, HALT_TOL, CHECK_FINITE,
+    NEUMANN_RTOL, BACKWARD_SOLVER, LCP_TAU, LCP_REDUCTION, LCP_VECTOR, LCP_POWER_ITERS, HALT_TOL,
+    CHECK_FINITE,
     COMPILE},
     MODEL.HGRU.{KERNEL_SIZE, NORM, GN_GROUPS, NONLINEARITY}. The keys are validated once by
     :func:`rpanoptic.modeling.build_model` (:func:`validate_recurrent_config`); bad values that
@@ -107,6 +109,7 @@ def build_recurrence(cfg, channels: int, name: str = "recurrence") -> Recurrence
         test_timesteps=r.TEST_TIMESTEPS,
         halt_tol=r.HALT_TOL,
         neumann_rtol=r.NEUMANN_RTOL,
+        backward_solver=r.BACKWARD_SOLVER,
         check_finite=r.CHECK_FINITE,
         lcp_reduction=r.LCP_REDUCTION,
         lcp_vector=r.LCP_VECTOR,

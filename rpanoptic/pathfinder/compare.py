@@ -52,6 +52,11 @@ MODELS: Dict[str, Dict] = {
     # Not in the default run either: the same at twice the steps. C-RBP keeps the same memory
     # at any N (only its time grows), so it can train where the state is nearer its fixed point.
     "hgru_crbp_power_n20": dict(model="hgru", grad="crbp", lcp_vector="power", timesteps=20),
+    # The same with the K = 15 products combined by GMRES (recurrence/krylov.py) instead of
+    # summed: the same cost per product, a smaller error of the implicit gradient.
+    "hgru_crbp_power_n20_gmres": dict(
+        model="hgru", grad="crbp", lcp_vector="power", timesteps=20, backward_solver="gmres"
+    ),
 }
 DEFAULT_MODELS = ("ff", "ff_large", "hgru_bptt", "hgru_rbp", "hgru_crbp")
 

@@ -63,8 +63,8 @@ class HGRUPathfinder(nn.Module):
     Args:
         channels: hGRU channels (the paper uses 25 at 150 px; small is enough here).
         kernel_size: the hGRU's horizontal kernels (odd; large, as the paper's 15 at 150 px).
-        timesteps, grad, neumann_steps, lcp_tau, lcp_reduction, lcp_vector: the recurrence's (see
-            :class:`~rpanoptic.recurrence.Recurrence`).
+        timesteps, grad, neumann_steps, lcp_tau, lcp_reduction, lcp_vector, backward_solver: the
+            recurrence's (see :class:`~rpanoptic.recurrence.Recurrence`).
         gn_groups: GroupNorm groups of the cell (must divide ``channels``).
         in_channels: 1 (image) or 2 (image and cue).
         readout: "label" (one logit per image) or "dense" (one per pixel).
@@ -84,6 +84,7 @@ class HGRUPathfinder(nn.Module):
         stem_kernel: int = 5,
         in_channels: int = 1,
         readout: str = "label",
+        backward_solver: str = "neumann",
     ):
         super().__init__()
         self.stem = _Stem(channels, stem_kernel, in_channels)
@@ -96,6 +97,7 @@ class HGRUPathfinder(nn.Module):
             lcp_tau=lcp_tau,
             lcp_reduction=lcp_reduction,
             lcp_vector=lcp_vector,
+            backward_solver=backward_solver,
             name="pathfinder.recurrence",
         )
         self.readout = _readout(readout, channels)

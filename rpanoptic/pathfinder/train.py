@@ -56,6 +56,7 @@ class PathfinderRun:
     lcp_weight: float = 10.0  # on the mean-reduced penalty
     lcp_tau: float = 0.9
     lcp_vector: str = "ones"  # "ones" (the authors' penalty) or "power" (bounds the radius)
+    backward_solver: str = "neumann"  # rbp/crbp: "neumann" (the paper's) or "gmres"
     channels: int = 16
     kernel_size: int = 7  # hgru horizontal kernels; ff convolutions use 3
     blocks: int = 4  # ff residual blocks
@@ -91,6 +92,7 @@ def build_model(run: PathfinderRun) -> torch.nn.Module:
             run.neumann_steps,
             run.lcp_tau,
             lcp_vector=run.lcp_vector,
+            backward_solver=run.backward_solver,
             **io,
         )
     if run.model == "ff":

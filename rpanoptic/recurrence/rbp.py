@@ -32,10 +32,11 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from ._batch import expand_as, frozen_running_stats, group_norm
+from .krylov import gmres_solve
 from .lcp import lcp_from_vjp, lcp_penalty, ones_vjp, power_lcp, power_vector
 from .phases import phase
 
-__all__ = ["neumann_series", "ImplicitStep", "ImplicitStepOptions"]
+__all__ = ["neumann_series", "ImplicitStep", "ImplicitStepOptions", "BACKWARD_SOLVERS"]
 
 
 def neumann_series(
@@ -80,6 +81,10 @@ def neumann_series(
     return g, diverged, terms
 
 
+BACKWARD_SOLVERS = {"neumann": neumann_series, "gmres": gmres_solve}
+"""How the backward turns K vector-Jacobian products into g ~ v (I - J)^-1."""
+
+
 @dataclass
 class ImplicitStepOptions:
     """What :class:`ImplicitStep` needs besides tensors.
@@ -93,6 +98,8 @@ class ImplicitStepOptions:
         lcp_reduction: "sum" or "mean" over the state's elements (see ``lcp.py``).
         lcp_vector: "ones" (the authors') or "power" (see ``lcp.py``).
         lcp_power_iters: power-iteration steps of the "power" vector.
+        solver: "neumann" (the series, as in the paper) or "gmres" (the same K products
+            combined by GMRES, see ``krylov.py``).
     """
 
     neumann_steps: int
@@ -103,6 +110,7 @@ class ImplicitStepOptions:
     lcp_reduction: str = "sum"
     lcp_vector: str = "ones"
     lcp_power_iters: int = 5
+    solver: str = "neumann"
 
 
 class ImplicitStep(torch.autograd.Function):
@@ -157,7 +165,7 @@ class ImplicitStep(torch.autograd.Function):
             outputs, grads = [], []
             if grad_h is not None:
                 with phase("backward/neumann_series"):
-                    g, diverged, terms = neumann_series(
+                    g, diverged, terms = BACKWARD_SOLVERS[options.solver](
                         out, h_in, grad_h, options.neumann_steps, options.rtol, options.coupled
                     )
                 options.stats[0] += diverged.sum()

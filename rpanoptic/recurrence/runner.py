@@ -30,7 +30,7 @@ from .compiled import CompiledStep
 from .controls import RecurrenceControls
 from .lcp import LCP_REDUCTIONS, LCP_VECTORS, lcp_penalty
 from .phases import phase
-from .rbp import ImplicitStep, ImplicitStepOptions
+from .rbp import BACKWARD_SOLVERS, ImplicitStep, ImplicitStepOptions
 
 __all__ = ["Recurrence", "GRAD_MODES", "ARGUMENTS"]
 
@@ -73,6 +73,7 @@ def _unroll_implicit(rec: "Recurrence", x: torch.Tensor, h: torch.Tensor) -> Ste
         lcp_reduction=rec.lcp_reduction,
         lcp_vector=rec.lcp_vector,
         lcp_power_iters=rec.lcp_power_iters,
+        solver=rec.backward_solver,
     )
     params = [p for p in rec.cell.parameters() if p.requires_grad]
     with phase("implicit_step"):
@@ -104,6 +105,7 @@ ARGUMENTS: Dict[str, Rule] = {
     "compile_steps": Rule(lambda v: isinstance(v, bool), "True or False"),
     "lcp_vector": one_of(LCP_VECTORS),
     "lcp_power_iters": at_least(1),
+    "backward_solver": one_of(BACKWARD_SOLVERS),
 }
 """The rules of :class:`Recurrence`'s arguments (also applied to the config keys behind them)."""
 
@@ -129,6 +131,9 @@ class Recurrence(RecurrenceControls, nn.Module):
             (J's dominant left eigenvector by power iteration, so that the penalty bounds the
             spectral radius; see ``lcp.py``).
         lcp_power_iters: power-iteration steps per training step with ``lcp_vector="power"``.
+        backward_solver: how rbp/crbp combine their K vector-Jacobian products: "neumann"
+            (the truncated series, the paper's) or "gmres" (the combination with the smallest
+            residual, a far smaller gradient error for the same K; see ``krylov.py``).
         name: how errors and logs name the layer (rpanoptic's models pass its module path).
         compile_steps: run the steps that build no graph (the N - 1 steps before the implicit
             one in rbp/crbp, and inference) through ``torch.compile`` (see ``compiled.py``):
@@ -158,6 +163,7 @@ class Recurrence(RecurrenceControls, nn.Module):
         compile_steps: bool = False,
         lcp_vector: str = "ones",
         lcp_power_iters: int = 5,
+        backward_solver: str = "neumann",
     ):
         super().__init__()
         check_arguments(
@@ -174,8 +180,10 @@ class Recurrence(RecurrenceControls, nn.Module):
             compile_steps=compile_steps,
             lcp_vector=lcp_vector,
             lcp_power_iters=lcp_power_iters,
+            backward_solver=backward_solver,
         )
         self.cell = cell
+        self.backward_solver = backward_solver
         self.lcp_reduction = lcp_reduction
         self.lcp_vector, self.lcp_power_iters = lcp_vector, int(lcp_power_iters)
         self.timesteps, self.grad, self.neumann_steps = timesteps, grad, neumann_steps
@@ -314,6 +322,7 @@ class Recurrence(RecurrenceControls, nn.Module):
             f"lcp_tau={self.lcp_tau}, lcp_reduction={self.lcp_reduction!r}, "
             f"test_timesteps={self.test_timesteps}, halt_tol={self.halt_tol}"
             + (", compile_steps=True" if self.compile_steps else "")
+            + (", backward_solver='gmres'" if self.backward_solver == "gmres" else "")
             + (
                 f", lcp_vector='power', lcp_power_iters={self.lcp_power_iters}"
                 if self.lcp_vector == "power"
