@@ -24,8 +24,9 @@ def add_rpanoptic_config(cfg: CN) -> CN:
     # Stop the Neumann series once terms are this small relative to the sum; 0 disables.
     cfg.MODEL.RECURRENT.NEUMANN_RTOL = 0.0
     # How the K vector-Jacobian products become the gradient: "neumann" (the truncated series,
-    # the paper's) | "gmres" (the combination with the smallest residual: same cost per product,
-    # a much smaller gradient error near a spectral radius of 1).
+    # the paper's) | "gmres" (the combination with the smallest residual: the same products, a
+    # smaller gradient error; how much smaller depends on the Jacobian's spectrum, see
+    # tools/benchmark_solvers.py).
     cfg.MODEL.RECURRENT.BACKWARD_SOLVER = "neumann"
     # Weight of loss_lcp, the Lipschitz coefficient penalty (cbptt/crbp); the authors' XI.
     cfg.MODEL.RECURRENT.LCP_WEIGHT = 1e-3

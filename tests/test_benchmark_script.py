@@ -233,3 +233,15 @@ def test_the_solver_benchmark_matches_the_neumann_error_with_fewer_products(tmp_
     assert times[f"crbp+gmres@{k_star}"]["saved_mb"] == times["crbp"]["saved_mb"]
     assert float(times["bptt"]["saved_mb"]) > float(times["crbp"]["saved_mb"])
     assert os.path.isfile(os.path.join(out, "solvers.png"))
+
+
+def test_the_solver_benchmark_names_a_bad_pathfinder_model_and_a_missing_checkpoint(tmp_path):
+    import pytest
+
+    tool = _load_tool("benchmark_solvers")
+    with pytest.raises(SystemExit, match=r"'hgru_nope:0'.*MODEL:SEED.*hgru_crbp_power_n20"):
+        tool.main(["--pathfinder", "hgru_nope:0"])
+    with pytest.raises(SystemExit, match="MODEL:SEED"):
+        tool.main(["--pathfinder", "hgru_crbp"])
+    with pytest.raises(SystemExit, match="no checkpoint .*checkpoint.pth.*pathfinder_compare"):
+        tool.main(["--pathfinder", "hgru_crbp:0", "--checkpoints", str(tmp_path)])

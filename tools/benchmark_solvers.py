@@ -24,7 +24,13 @@ dropped), with the memory each keeps for backward (``SavedTensorMeter``). It pri
 and the ratios of issue 14's goals, and writes ``errors.csv``, ``times.csv`` and
 ``solvers.png`` to ``--output-dir``.
 
+With ``--pathfinder MODEL:SEED`` the cell and the drive are instead those of a trained Pathfinder
+model of ``tools/pathfinder_compare.py`` (its checkpoint under ``--checkpoints``, the stem's
+output on the first B validation images of ``--set``), at its trained N: the state where a
+C-RBP training step meets the solver once the penalty has done its work.
+
   python tools/benchmark_solvers.py --shape 8,256,14,14 --timesteps 20 --repeats 5 --threads 1
+  python tools/benchmark_solvers.py --pathfinder hgru_crbp_power_n20:0 --shape 16 --repeats 5
 """
 
 import argparse
@@ -37,6 +43,7 @@ import time
 
 from _bench_common import write_csv
 from benchmark_recurrence import reference_crbp
+from pathfinder_compare import BASE, make_set
 
 
 def parse_args(argv=None):
@@ -51,6 +58,10 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output-dir", default="output/benchmark_solvers")
+    p.add_argument("--pathfinder", default="", help="MODEL:SEED, a trained Pathfinder hGRU")
+    p.add_argument("--set", default="medium", help="its set (with --pathfinder)")
+    p.add_argument("--checkpoints", default="output/pathfinder_compare")
+    p.add_argument("--data-root", default="datasets/pathfinder")
     return p.parse_args(argv)
 
 
@@ -60,10 +71,49 @@ def _setup(args):
     from rpanoptic.recurrence import HGRUCell
 
     torch.manual_seed(args.seed)
+    if args.pathfinder:
+        return _trained_pathfinder(args)
     b, c, h, w = (int(v) for v in args.shape.split(","))
     cell = HGRUCell(c, timesteps=args.timesteps, gn_groups=math.gcd(32, c)).to(args.device)
     x = torch.randn(b, c, h, w, device=args.device)
     return cell, x
+
+
+def _trained_pathfinder(args):
+    """The trained hGRU cell of ``--pathfinder`` and its drive on validation images; sets
+    ``args.timesteps`` to the model's N."""
+    from dataclasses import replace
+
+    import torch
+
+    from rpanoptic.pathfinder.compare import MODELS
+    from rpanoptic.pathfinder.data import load_split
+    from rpanoptic.pathfinder.fixed_point import load_trained
+
+    name, _, seed = args.pathfinder.partition(":")
+    if name not in MODELS or not seed.isdigit():
+        raise SystemExit(
+            f"--pathfinder {args.pathfinder!r}: give MODEL:SEED, MODEL one of {list(MODELS)}"
+        )
+    run = replace(BASE, **MODELS[name], seed=int(seed))
+    root = make_set(
+        argparse.Namespace(size=32, snakes=3, train=40000, data_root=args.data_root),
+        args.set,
+        generate=False,
+    )
+    checkpoint = os.path.join(args.checkpoints, args.set, f"{name}_s{seed}", "checkpoint.pth")
+    if not os.path.isfile(checkpoint):
+        raise SystemExit(
+            f"--pathfinder {args.pathfinder}: no checkpoint {checkpoint}; train it with "
+            f"tools/pathfinder_compare.py --sets {args.set} --models {name} --seeds {seed}"
+        )
+    model = load_trained(run, checkpoint, finished=True)
+    images = int(args.shape.split(",")[0])
+    val = load_split(root, "val", run.task).take(slice(0, images))
+    with torch.no_grad():
+        x = model.stem(val.x)
+    args.timesteps, args.shape = run.timesteps, ",".join(str(d) for d in x.shape)
+    return model.recurrence.cell.to(args.device), x.to(args.device)
 
 
 def gradient_errors(cell, x, args):

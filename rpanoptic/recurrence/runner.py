@@ -133,7 +133,7 @@ class Recurrence(RecurrenceControls, nn.Module):
         lcp_power_iters: power-iteration steps per training step with ``lcp_vector="power"``.
         backward_solver: how rbp/crbp combine their K vector-Jacobian products: "neumann"
             (the truncated series, the paper's) or "gmres" (the combination with the smallest
-            residual, a far smaller gradient error for the same K; see ``krylov.py``).
+            residual: the same K products, a smaller gradient error; see ``krylov.py``).
         name: how errors and logs name the layer (rpanoptic's models pass its module path).
         compile_steps: run the steps that build no graph (the N - 1 steps before the implicit
             one in rbp/crbp, and inference) through ``torch.compile`` (see ``compiled.py``):
