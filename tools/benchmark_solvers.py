@@ -44,6 +44,7 @@ import time
 from _bench_common import write_csv
 from benchmark_recurrence import reference_crbp
 from pathfinder_compare import BASE, make_set
+from pathfinder_compare import parse_args as compare_args
 
 
 def parse_args(argv=None):
@@ -96,11 +97,8 @@ def _trained_pathfinder(args):
             f"--pathfinder {args.pathfinder!r}: give MODEL:SEED, MODEL one of {list(MODELS)}"
         )
     run = replace(BASE, **MODELS[name], seed=int(seed))
-    root = make_set(
-        argparse.Namespace(size=32, snakes=3, train=40000, data_root=args.data_root),
-        args.set,
-        generate=False,
-    )
+    # The set's folder as the comparison names it, from its own defaults (size, paths, images).
+    root = make_set(compare_args(["--data-root", args.data_root]), args.set, generate=False)
     checkpoint = os.path.join(args.checkpoints, args.set, f"{name}_s{seed}", "checkpoint.pth")
     if not os.path.isfile(checkpoint):
         raise SystemExit(
@@ -179,10 +177,10 @@ def step_times(cell, x, args, k_star: int):
 
     def step(name, rec, meter=None):
         """One training step; the MB its forward kept for backward when ``meter`` is given."""
-        with rec.using(lcp_collected=True), meter or contextlib.nullcontext():
-            out, lcp = reference_crbp(rec, x) if name == "crbp_ref" else (rec(x), rec.lcp)
-        kept = meter.bytes() / 2**20 if meter is not None else 0.0
         with rec.using(lcp_collected=True):
+            with meter or contextlib.nullcontext():
+                out, lcp = reference_crbp(rec, x) if name == "crbp_ref" else (rec(x), rec.lcp)
+            kept = meter.bytes() / 2**20 if meter is not None else 0.0
             (out.square().mean() + (0 if lcp is None else lcp)).backward()
         return kept
 

@@ -81,8 +81,7 @@ def build_recurrence(cfg, channels: int, name: str = "recurrence") -> Recurrence
     :class:`HGRUCell` with ``channels``, as MODEL.RECURRENT and
     MODEL.HGRU say. Reads: MODEL.RECURRENT.{GRAD, TIMESTEPS, TEST_TIMESTEPS, NEUMANN_STEPS,
     NEUMANN_RTOL, BACKWARD_SOLVER, LCP_TAU, LCP_REDUCTION, LCP_VECTOR, LCP_POWER_ITERS, HALT_TOL,
-    CHECK_FINITE,
-    COMPILE},
+    CHECK_FINITE, COMPILE},
     MODEL.HGRU.{KERNEL_SIZE, NORM, GN_GROUPS, NONLINEARITY}. The keys are validated once by
     :func:`rpanoptic.modeling.build_model` (:func:`validate_recurrent_config`); bad values that
     reach the engine still fail there, named by argument."""

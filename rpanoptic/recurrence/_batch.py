@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ["batch_coupled", "group_norm", "expand_as", "frozen_running_stats"]
+__all__ = ["batch_coupled", "as_groups", "group_norm", "expand_as", "frozen_running_stats"]
 
 
 def batch_coupled(module: nn.Module) -> bool:
@@ -20,11 +20,14 @@ def batch_coupled(module: nn.Module) -> bool:
     return any(isinstance(m, _BatchNorm) and m.training for m in module.modules())
 
 
+def as_groups(t: torch.Tensor, coupled: bool) -> torch.Tensor:
+    """t as (groups, elements): one row per sample (B, ...), or a single row when coupled."""
+    return t.reshape(1, -1) if coupled else t.reshape(t.shape[0], -1)
+
+
 def group_norm(t: torch.Tensor, coupled: bool) -> torch.Tensor:
     """L2 norm per sample, shape (B,); or over the whole tensor, shape (1,), when coupled."""
-    if coupled:
-        return torch.linalg.vector_norm(t).reshape(1)
-    return torch.linalg.vector_norm(t.flatten(1), dim=1)
+    return torch.linalg.vector_norm(as_groups(t, coupled), dim=1)
 
 
 def expand_as(v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
