@@ -111,7 +111,7 @@ def test_the_model_suite_lists_every_model_against_the_feed_forward_one():
     args = bench.parse_args(["--suite", "synthetic", "MODEL.RECURRENT.NEUMANN_STEPS", "5"])
     assert (args.image_size, args.batch) == (160, 4)
     tasks = {label: (config, opts) for label, config, opts in bench.configurations(args)}
-    assert list(tasks)[0] == "ff" and len(tasks) == 9
+    assert list(tasks)[0] == "ff" and len(tasks) == 10
     assert tasks["ff"][1] == []  # the baseline drops the recurrent-only override
     assert tasks["rfpn_bptt5"][1][-4:] == [
         "MODEL.RECURRENT.GRAD",
@@ -120,6 +120,12 @@ def test_the_model_suite_lists_every_model_against_the_feed_forward_one():
         "5",
     ]
     assert tasks["rfpn_crbp10_compile"][1][-2:] == ["MODEL.RECURRENT.COMPILE", "True"]
+    assert tasks["rfpn_crbp10_compile_halt"][1][-4:] == [
+        "MODEL.RECURRENT.COMPILE",
+        "True",
+        "MODEL.RECURRENT.HALT_TOL",
+        "0.01",
+    ]
     # The suite's own K = 4 comes after the command line's K = 5, so it wins.
     assert tasks["rfpn_crbp10_gmres4"][1][-4:] == [
         "MODEL.RECURRENT.BACKWARD_SOLVER",
@@ -153,6 +159,44 @@ def test_the_model_suite_lists_every_model_against_the_feed_forward_one():
         "limit": "<= 1.2",
         "met": True,
     }
+
+
+def test_rounds_take_each_ratio_within_its_round_and_report_median_and_range():
+    """--rounds: a model slowed by load in one round is compared with that round's baseline."""
+    import pytest
+
+    bench = _load_tool("benchmark")
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--config-file", "c.yaml", "--rounds", "2"])  # only with --suite
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--suite", "synthetic", "--rounds", "0"])
+
+    def row(model, r, train, infer):
+        return {"model": model, "round": r, "train_step_ms": train, "infer_img_s": infer}
+
+    rows = [
+        row("ff", 0, 100.0, 10.0),
+        row("rfpn_crbp10_halt", 0, 120.0, 8.0),
+        row("ff", 1, 200.0, 5.0),  # a loaded round: everything twice as slow
+        row("rfpn_crbp10_halt", 1, 260.0, 4.5),
+        row("ff", 2, 100.0, 10.0),
+        row("rfpn_crbp10_halt", 2, 110.0, 9.0),
+    ]
+    bench.suite_ratios(rows)
+    assert [r["train_vs_ff"] for r in rows] == [1.0, 1.2, 1.0, 1.3, 1.0, 1.1]
+    combined = bench.combine_rounds(rows)
+    assert [r["model"] for r in combined] == ["ff", "rfpn_crbp10_halt"]
+    halt = combined[1]
+    assert halt["rounds"] == 3 and "round" not in halt
+    assert halt["train_step_ms"] == 120.0  # medians of the numbers
+    assert halt["train_vs_ff"] == 1.2 and (halt["train_vs_ff_lo"], halt["train_vs_ff_hi"]) == (
+        1.1,
+        1.3,
+    )
+    # infer ratios 1.25, 1.111, 1.111: median 1.111, range 1.111-1.25
+    assert halt["infer_vs_ff"] == 1.111 and halt["infer_vs_ff_hi"] == 1.25
+    (goal,) = bench.suite_targets(combined)
+    assert goal["met"] is True and goal["range"] == "1.111-1.25"
 
 
 def test_neumann_tradeoff_measures_error_against_the_long_series():

@@ -144,3 +144,27 @@ def test_predict_script_end_to_end(tmp_path):
     done = run_python(dict(os.environ), *args, *tiny, "MODEL.WEIGHTS", weights)
     assert "1 images" in done.stdout and "2.00 steps on average" in done.stdout
     assert os.path.isfile(os.path.join(out, "img0.png"))
+
+
+def test_predict_speed_times_each_setting_on_the_same_images_and_reports_their_steps(tmp_path):
+    """The speed table behind tools/benchmark_predict.py: per setting, the images timed after
+    the warm-up ones and the mean steps. A tolerance of 100 (a relative change no step after
+    the first reaches) stops every layer after its second step: the first, from h = 0, is an
+    unbounded relative change. No halting runs N; a feed-forward model has no steps."""
+    from rpanoptic.experiments.predict_speed import predict_speed
+
+    paths = expand_inputs([_images(str(tmp_path / "in"), count=3)])
+    weights = _weights(tmp_path, RFPN)
+    cfgs = {
+        "no halting": tiny_cfg(RFPN, "MODEL.WEIGHTS", weights),
+        "halt_tol 100": tiny_cfg(RFPN, "MODEL.WEIGHTS", weights, "MODEL.RECURRENT.HALT_TOL", 100.0),
+        "baseline": tiny_cfg(FF, "MODEL.WEIGHTS", _weights(tmp_path, FF)),
+    }
+    rows = {r["setting"]: r for r in predict_speed(cfgs, paths, warmup=1)}
+    assert list(rows) == ["no halting", "halt_tol 100", "baseline"]
+    n = cfgs["no halting"].MODEL.RECURRENT.TIMESTEPS
+    assert n > 2
+    assert [r["steps"] for r in rows.values()] == [n, 2.0, 0.0]
+    for r in rows.values():
+        assert r["images"] == 2  # 3 images, 1 warm-up
+        assert r["s_per_image"] > 0 and abs(r["images_per_s"] * r["s_per_image"] - 1) < 1e-9

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Images per second of tools/predict.py's model call on CPU or GPU, at the trained step count
-and with per-sample halting at several tolerances (settings timed in alternation on the same
-images). Prints a table and writes a CSV.
+and with per-sample halting at several tolerances, eager and (--compile) with compiled steps
+(settings timed in alternation on the same images). Prints a table and writes a CSV.
 
   python tools/benchmark_predict.py --config-file configs/Synthetic/panoptic_rfpn_R_18_crbp.yaml \\
       --input datasets/synthetic_panoptic/val --images 22 --halt-tols 0.01,0.001 \\
@@ -28,6 +28,12 @@ def main(argv=None) -> int:
     p.add_argument("--input", nargs="+", required=True, help="images, folders or globs")
     p.add_argument("--images", type=int, default=22, help="images to time (2 more warm up)")
     p.add_argument("--halt-tols", default="0.01,0.001", help="halting tolerances to compare")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time every setting with compiled steps (MODEL.RECURRENT.COMPILE True; the "
+        "first images, which compile, are among the warm-up ones)",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     p.add_argument("--csv", default="", help="where to write the table")
     p.add_argument("--baseline-config", default="", help="also time this (feed-forward) config")
@@ -39,6 +45,9 @@ def main(argv=None) -> int:
     settings = {"no halting": []}
     for tol in [t for t in args.halt_tols.split(",") if t]:
         settings[f"halt_tol {tol}"] = ["MODEL.RECURRENT.HALT_TOL", tol]
+    if args.compile:
+        compiled = ["MODEL.RECURRENT.COMPILE", "True"]
+        settings.update({f"compiled, {k}": v + compiled for k, v in list(settings.items())})
     cfgs = {
         k: get_rpanoptic_cfg(args.config_file, list(args.opts) + v) for k, v in settings.items()
     }
