@@ -42,6 +42,11 @@ def add_rpanoptic_config(cfg: CN) -> CN:
     cfg.MODEL.RECURRENT.LCP_POWER_ITERS = 5
     # Relative-change tolerance of per-sample halting at inference; 0 disables.
     cfg.MODEL.RECURRENT.HALT_TOL = 0.0
+    # How inference iterates to the fixed point: "picard" (the steps training runs) |
+    # "anderson" (Anderson acceleration: same cost per step, fewer steps to HALT_TOL).
+    cfg.MODEL.RECURRENT.TEST_SOLVER = "picard"
+    # Differences Anderson mixing keeps (TEST_SOLVER "anderson").
+    cfg.MODEL.RECURRENT.ANDERSON_MEMORY = 5
     # Raise FloatingPointError naming the layer and step when a state becomes non-finite.
     cfg.MODEL.RECURRENT.CHECK_FINITE = True
     # Run the steps that build no graph through torch.compile (faster after a first call that

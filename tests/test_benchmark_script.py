@@ -111,7 +111,7 @@ def test_the_model_suite_lists_every_model_against_the_feed_forward_one():
     args = bench.parse_args(["--suite", "synthetic", "MODEL.RECURRENT.NEUMANN_STEPS", "5"])
     assert (args.image_size, args.batch) == (160, 4)
     tasks = {label: (config, opts) for label, config, opts in bench.configurations(args)}
-    assert list(tasks)[0] == "ff" and len(tasks) == 10
+    assert list(tasks)[0] == "ff" and len(tasks) == 11
     assert tasks["ff"][1] == []  # the baseline drops the recurrent-only override
     assert tasks["rfpn_bptt5"][1][-4:] == [
         "MODEL.RECURRENT.GRAD",
@@ -123,6 +123,12 @@ def test_the_model_suite_lists_every_model_against_the_feed_forward_one():
     assert tasks["rfpn_crbp10_compile_halt"][1][-4:] == [
         "MODEL.RECURRENT.COMPILE",
         "True",
+        "MODEL.RECURRENT.HALT_TOL",
+        "0.01",
+    ]
+    assert tasks["rfpn_crbp10_anderson_halt"][1][-4:] == [
+        "MODEL.RECURRENT.TEST_SOLVER",
+        "anderson",
         "MODEL.RECURRENT.HALT_TOL",
         "0.01",
     ]

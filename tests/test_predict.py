@@ -168,3 +168,38 @@ def test_predict_speed_times_each_setting_on_the_same_images_and_reports_their_s
     for r in rows.values():
         assert r["images"] == 2  # 3 images, 1 warm-up
         assert r["s_per_image"] > 0 and abs(r["images_per_s"] * r["s_per_image"] - 1) < 1e-9
+
+
+def test_setting_quality_scores_each_setting_and_counts_its_steps(tmp_path):
+    """PQ per inference setting on a registered dataset: halting at 100 stops every layer
+    after its second step, so it must score exactly what TEST_TIMESTEPS 2 scores, and count 2
+    steps; the trained N counts N."""
+    import uuid
+
+    from rpanoptic.data import SceneSpec, generate_synthetic_panoptic
+    from rpanoptic.data.synthetic import register_synthetic_panoptic
+    from rpanoptic.experiments.predict_speed import setting_quality
+
+    root = str(tmp_path / "synthetic_panoptic")
+    generate_synthetic_panoptic(root, {"train": 1, "val": 3}, seed=5, spec=SceneSpec(size=96))
+    prefix = f"quality_{uuid.uuid4().hex[:6]}"
+    register_synthetic_panoptic(root, prefix=prefix)
+    config = "configs/Synthetic/panoptic_rfpn_R_18_crbp.yaml"
+    classes = ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", 5]  # the synthetic set's (TINY has 4)
+    torch.manual_seed(0)
+    weights = str(tmp_path / "w.pth")
+    torch.save({"model": build_model(tiny_cfg(config, *classes)).state_dict()}, weights)
+    common = [*classes, "MODEL.WEIGHTS", weights, "DATASETS.TEST", (f"{prefix}_val_separated",)]
+    common += STUFF
+    common += ["INPUT.MIN_SIZE_TEST", 96, "INPUT.MAX_SIZE_TEST", 96]
+    cfgs = {
+        "N": tiny_cfg(config, *common),
+        "halt_tol 100": tiny_cfg(config, *common, "MODEL.RECURRENT.HALT_TOL", 100.0),
+        "t = 2": tiny_cfg(config, *common, "MODEL.RECURRENT.TEST_TIMESTEPS", 2),
+    }
+    quality = setting_quality(cfgs)
+    assert quality["N"]["eval_steps"] == cfgs["N"].MODEL.RECURRENT.TIMESTEPS == 3
+    assert quality["halt_tol 100"]["eval_steps"] == quality["t = 2"]["eval_steps"] == 2
+    for key in ("PQ", "PQ_th", "PQ_st"):
+        assert quality["halt_tol 100"][key] == quality["t = 2"][key]
+        assert 0 <= quality["N"][key] <= 100

@@ -20,11 +20,12 @@ overrides say otherwise, as a random ResNet with FrozenBN overflows.
 
 The second form sweeps MODEL.RECURRENT.TIMESTEPS x GRAD (the paper's memory-vs-steps
 comparison). The third measures a fixed list of models (``SUITES``: feed-forward, RFPN
-BPTT-3/5, RFPN C-RBP-10/20, C-RBP-10 with compiled steps, with halting at inference (eager and
-compiled) and with K = 4 GMRES products in backward (``MODEL.RECURRENT.BACKWARD_SOLVER
-gmres``), in the coco suite RFPN C-RBP-10 on p3-p5 only (no p2), the recurrent mask head
-C-RBP-10) in one table, with each model's training-step time and inference time as ratios to
-the feed-forward model's and the mean steps its recurrent layers took at inference.
+BPTT-3/5, RFPN C-RBP-10/20, C-RBP-10 with compiled steps, with halting at inference (eager,
+compiled, and with Anderson acceleration) and with K = 4 GMRES products in backward
+(``MODEL.RECURRENT.BACKWARD_SOLVER gmres``), in the coco suite RFPN C-RBP-10 on p3-p5 only
+(no p2), the recurrent mask head C-RBP-10) in one table, with each model's training-step time
+and inference time as ratios to the feed-forward model's and the mean steps its recurrent
+layers took at inference.
 ``--rounds R`` measures the whole list R times, its order rotated each round, takes each ratio
 within a round (so that a machine's load reaches a model and its baseline alike) and reports
 the median ratio with its range (rounds.csv keeps every round). Prints a table and the goal
@@ -50,6 +51,8 @@ _BPTT, _N = "MODEL.RECURRENT.GRAD bptt MODEL.RECURRENT.TIMESTEPS", "MODEL.RECURR
 # K = 4 GMRES products: the fewest that match the Neumann series' error at K = 15
 # (tools/benchmark_solvers.py, the fresh 256-channel hGRU).
 _GMRES4 = "MODEL.RECURRENT.BACKWARD_SOLVER gmres MODEL.RECURRENT.NEUMANN_STEPS 4"
+# Halting at 0.01 with Anderson acceleration of the inference steps (recurrence/iterate.py).
+_ANDERSON = "MODEL.RECURRENT.TEST_SOLVER anderson MODEL.RECURRENT.HALT_TOL 0.01"
 SUITES = {  # name -> (image size, batch, [(label, config, overrides)]); the first is the baseline
     "synthetic": (
         160,
@@ -75,6 +78,7 @@ SUITES = {  # name -> (image size, batch, [(label, config, overrides)]); the fir
                 _SYN + "panoptic_rfpn_R_18_crbp.yaml",
                 "MODEL.RECURRENT.COMPILE True MODEL.RECURRENT.HALT_TOL 0.01",
             ),
+            ("rfpn_crbp10_anderson_halt", _SYN + "panoptic_rfpn_R_18_crbp.yaml", _ANDERSON),
             ("rfpn_crbp10_gmres4", _SYN + "panoptic_rfpn_R_18_crbp.yaml", _GMRES4),
             ("rmask_crbp10", _SYN + "panoptic_rmask_R_18_crbp.yaml", ""),
         ],
@@ -102,6 +106,11 @@ SUITES = {  # name -> (image size, batch, [(label, config, overrides)]); the fir
                 "rfpn_crbp10_compile_halt",
                 _COCO + "panoptic_rfpn_R_50_crbp20_1x.yaml",
                 f"{_N} 10 MODEL.RECURRENT.COMPILE True MODEL.RECURRENT.HALT_TOL 0.01",
+            ),
+            (
+                "rfpn_crbp10_anderson_halt",
+                _COCO + "panoptic_rfpn_R_50_crbp20_1x.yaml",
+                f"{_N} 10 {_ANDERSON}",
             ),
             (
                 "rfpn_crbp10_gmres4",
@@ -356,6 +365,7 @@ def suite_targets(rows):
     goals["rfpn_p3p5_crbp10"] = ("train_vs_ff", 1.3)
     goals["rfpn_crbp10_halt"] = ("infer_vs_ff", 1.2)
     goals["rfpn_crbp10_compile_halt"] = ("infer_vs_ff", 1.2)
+    goals["rfpn_crbp10_anderson_halt"] = ("infer_vs_ff", 1.2)
     for r in rows:
         if r["model"] in goals:
             key, limit = goals[r["model"]]

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Images per second of tools/predict.py's model call on CPU or GPU, at the trained step count
-and with per-sample halting at several tolerances, eager and (--compile) with compiled steps
-(settings timed in alternation on the same images). Prints a table and writes a CSV.
+and with per-sample halting at several tolerances, each also (--anderson M) with Anderson
+acceleration and (--compile) with compiled steps (settings timed in alternation on the same
+images). Prints a table and writes a CSV.
 
   python tools/benchmark_predict.py --config-file configs/Synthetic/panoptic_rfpn_R_18_crbp.yaml \\
       --input datasets/synthetic_panoptic/val --images 22 --halt-tols 0.01,0.001 \\
@@ -18,7 +19,7 @@ from _bench_common import write_csv
 
 import rpanoptic  # noqa: F401  (registers rpanoptic's components and the synthetic datasets)
 from rpanoptic.engine.setup import get_rpanoptic_cfg
-from rpanoptic.experiments.predict_speed import predict_speed
+from rpanoptic.experiments.predict_speed import predict_speed, setting_quality
 from rpanoptic.inference import expand_inputs
 
 
@@ -29,10 +30,22 @@ def main(argv=None) -> int:
     p.add_argument("--images", type=int, default=22, help="images to time (2 more warm up)")
     p.add_argument("--halt-tols", default="0.01,0.001", help="halting tolerances to compare")
     p.add_argument(
+        "--anderson",
+        type=int,
+        default=0,
+        help="also time every setting with Anderson acceleration of this memory "
+        "(MODEL.RECURRENT.TEST_SOLVER anderson, ANDERSON_MEMORY; 0: not)",
+    )
+    p.add_argument(
         "--compile",
         action="store_true",
         help="also time every setting with compiled steps (MODEL.RECURRENT.COMPILE True; the "
         "first images, which compile, are among the warm-up ones)",
+    )
+    p.add_argument(
+        "--pq",
+        action="store_true",
+        help="also evaluate every setting's PQ (and mean steps) on the config's DATASETS.TEST[0]",
     )
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     p.add_argument("--csv", default="", help="where to write the table")
@@ -45,6 +58,12 @@ def main(argv=None) -> int:
     settings = {"no halting": []}
     for tol in [t for t in args.halt_tols.split(",") if t]:
         settings[f"halt_tol {tol}"] = ["MODEL.RECURRENT.HALT_TOL", tol]
+    if args.anderson:
+        anderson = ["MODEL.RECURRENT.TEST_SOLVER", "anderson"]
+        anderson += ["MODEL.RECURRENT.ANDERSON_MEMORY", str(args.anderson)]
+        settings.update(
+            {f"anderson {args.anderson}, {k}": v + anderson for k, v in list(settings.items())}
+        )
     if args.compile:
         compiled = ["MODEL.RECURRENT.COMPILE", "True"]
         settings.update({f"compiled, {k}": v + compiled for k, v in list(settings.items())})
@@ -57,13 +76,18 @@ def main(argv=None) -> int:
         cfgs["baseline"] = get_rpanoptic_cfg(args.baseline_config, weights + device)
     paths = expand_inputs(args.input)[: args.images]
     rows = predict_speed(cfgs, paths)
+    if args.pq:
+        quality = setting_quality(cfgs)
+        rows = [dict(r, **quality[r["setting"]]) for r in rows]
     device = next(iter(cfgs.values())).MODEL.DEVICE
     print(f"{len(paths)} images on {device}, {torch.get_num_threads()} threads")
-    print("| setting | images/s | s/image | mean steps |")
-    print("|---|---|---|---|")
+    extra = [k for k in ("PQ", "PQ_th", "PQ_st", "eval_steps") if k in rows[0]]
+    print("| setting | images/s | s/image | mean steps | " + " | ".join(extra) + " |")
+    print("|---|---|---|---|" + "---|" * len(extra))
     for r in rows:
         speed = f"{r['images_per_s']:.2f} | {r['s_per_image']:.3f}"
-        print(f"| {r['setting']} | {speed} | {r['steps']:.1f} |")
+        cells = "".join(f" {r[k]:.2f} |" for k in extra)
+        print(f"| {r['setting']} | {speed} | {r['steps']:.1f} |{cells}")
     if args.csv:
         write_csv(args.csv, rows)
     return 0

@@ -27,7 +27,15 @@ RECURRENT_NODES = ("RECURRENT", "HGRU", "RFPN")
 # Keys a resumed run may change: they do not change what is trained.
 FREE_ON_RESUME = {
     f"MODEL.RECURRENT.{k}"
-    for k in ("TEST_TIMESTEPS", "HALT_TOL", "CHECK_FINITE", "DIAGNOSTICS_PERIOD", "COMPILE")
+    for k in (
+        "TEST_TIMESTEPS",
+        "HALT_TOL",
+        "TEST_SOLVER",
+        "ANDERSON_MEMORY",
+        "CHECK_FINITE",
+        "DIAGNOSTICS_PERIOD",
+        "COMPILE",
+    )
 }
 
 

@@ -34,6 +34,8 @@ _ENGINE_KEYS = {
     "MODEL.RECURRENT.LCP_VECTOR": (RECURRENCE_ARGUMENTS, "lcp_vector"),
     "MODEL.RECURRENT.LCP_POWER_ITERS": (RECURRENCE_ARGUMENTS, "lcp_power_iters"),
     "MODEL.RECURRENT.HALT_TOL": (RECURRENCE_ARGUMENTS, "halt_tol"),
+    "MODEL.RECURRENT.TEST_SOLVER": (RECURRENCE_ARGUMENTS, "test_solver"),
+    "MODEL.RECURRENT.ANDERSON_MEMORY": (RECURRENCE_ARGUMENTS, "anderson_memory"),
     "MODEL.RECURRENT.COMPILE": (RECURRENCE_ARGUMENTS, "compile_steps"),
     "MODEL.HGRU.KERNEL_SIZE": (HGRU_ARGUMENTS, "kernel_size"),
     "MODEL.HGRU.NORM": (HGRU_ARGUMENTS, "norm"),
@@ -81,7 +83,7 @@ def build_recurrence(cfg, channels: int, name: str = "recurrence") -> Recurrence
     :class:`HGRUCell` with ``channels``, as MODEL.RECURRENT and
     MODEL.HGRU say. Reads: MODEL.RECURRENT.{GRAD, TIMESTEPS, TEST_TIMESTEPS, NEUMANN_STEPS,
     NEUMANN_RTOL, BACKWARD_SOLVER, LCP_TAU, LCP_REDUCTION, LCP_VECTOR, LCP_POWER_ITERS, HALT_TOL,
-    CHECK_FINITE, COMPILE},
+    TEST_SOLVER, ANDERSON_MEMORY, CHECK_FINITE, COMPILE},
     MODEL.HGRU.{KERNEL_SIZE, NORM, GN_GROUPS, NONLINEARITY}. The keys are validated once by
     :func:`rpanoptic.modeling.build_model` (:func:`validate_recurrent_config`); bad values that
     reach the engine still fail there, named by argument."""
@@ -107,6 +109,8 @@ def build_recurrence(cfg, channels: int, name: str = "recurrence") -> Recurrence
         lcp_tau=r.LCP_TAU,
         test_timesteps=r.TEST_TIMESTEPS,
         halt_tol=r.HALT_TOL,
+        test_solver=r.TEST_SOLVER,
+        anderson_memory=r.ANDERSON_MEMORY,
         neumann_rtol=r.NEUMANN_RTOL,
         backward_solver=r.BACKWARD_SOLVER,
         check_finite=r.CHECK_FINITE,

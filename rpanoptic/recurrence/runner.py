@@ -11,7 +11,8 @@ Learning modes (``grad``):
 All four compute the same forward values for the same weights and N. At inference (module in
 eval mode, or autograd disabled) no graph is built; the recurrence runs ``test_timesteps`` steps
 (0: ``timesteps``), and with ``halt_tol > 0`` each sample stops updating once its relative
-change ||h_{t+1} - h_t|| / ||h_t|| falls below ``halt_tol``.
+change ||h_{t+1} - h_t|| / ||h_t|| falls below ``halt_tol``; ``test_solver="anderson"``
+accelerates those steps (``anderson.py``).
 
 Precision: the recurrence runs with autocast disabled, and half-precision inputs are promoted
 to float32, so a fixed-point iteration and its Neumann series are never run in float16 or
@@ -24,7 +25,8 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from ._batch import batch_coupled, expand_as, frozen_running_stats, group_norm
+from ._batch import batch_coupled, frozen_running_stats
+from .iterate import anderson_iterate, picard_iterate
 from .arguments import Rule, at_least, check_arguments, is_number, one_of
 from .compiled import CompiledStep
 from .controls import RecurrenceControls
@@ -32,7 +34,7 @@ from .lcp import LCP_REDUCTIONS, LCP_VECTORS, lcp_penalty
 from .phases import phase
 from .rbp import BACKWARD_SOLVERS, ImplicitStep, ImplicitStepOptions
 
-__all__ = ["Recurrence", "GRAD_MODES", "ARGUMENTS"]
+__all__ = ["Recurrence", "GRAD_MODES", "TEST_SOLVERS", "ARGUMENTS"]
 
 Step = Tuple[torch.Tensor, Optional[torch.Tensor]]
 
@@ -88,6 +90,7 @@ _TRAINING: Dict[str, Callable[["Recurrence", torch.Tensor, torch.Tensor], Step]]
     "crbp": _unroll_implicit,
 }
 GRAD_MODES = tuple(_TRAINING)
+TEST_SOLVERS = ("picard", "anderson")
 
 
 ARGUMENTS: Dict[str, Rule] = {
@@ -106,6 +109,8 @@ ARGUMENTS: Dict[str, Rule] = {
     "lcp_vector": one_of(LCP_VECTORS),
     "lcp_power_iters": at_least(1),
     "backward_solver": one_of(BACKWARD_SOLVERS),
+    "test_solver": one_of(TEST_SOLVERS),
+    "anderson_memory": at_least(1),
 }
 """The rules of :class:`Recurrence`'s arguments (also applied to the config keys behind them)."""
 
@@ -134,6 +139,11 @@ class Recurrence(RecurrenceControls, nn.Module):
         backward_solver: how rbp/crbp combine their K vector-Jacobian products: "neumann"
             (the truncated series, the paper's) or "gmres" (the combination with the smallest
             residual: the same K products, a smaller gradient error; see ``krylov.py``).
+        test_solver: how inference iterates to the fixed point: "picard" (h_{t+1} = F(x, h_t),
+            what training runs) or "anderson" (each step feeds F the combination of its last
+            ``anderson_memory`` evaluations with the smallest residual: the same cost per
+            step, fewer steps to a halting tolerance; see ``anderson.py``).
+        anderson_memory: differences Anderson mixing keeps (>= 1).
         name: how errors and logs name the layer (rpanoptic's models pass its module path).
         compile_steps: run the steps that build no graph (the N - 1 steps before the implicit
             one in rbp/crbp, and inference) through ``torch.compile`` (see ``compiled.py``):
@@ -164,6 +174,8 @@ class Recurrence(RecurrenceControls, nn.Module):
         lcp_vector: str = "ones",
         lcp_power_iters: int = 5,
         backward_solver: str = "neumann",
+        test_solver: str = "picard",
+        anderson_memory: int = 5,
     ):
         super().__init__()
         check_arguments(
@@ -181,8 +193,11 @@ class Recurrence(RecurrenceControls, nn.Module):
             lcp_vector=lcp_vector,
             lcp_power_iters=lcp_power_iters,
             backward_solver=backward_solver,
+            test_solver=test_solver,
+            anderson_memory=anderson_memory,
         )
         self.cell = cell
+        self.test_solver, self.anderson_memory = test_solver, anderson_memory
         self.backward_solver = backward_solver
         self.lcp_reduction = lcp_reduction
         self.lcp_vector, self.lcp_power_iters = lcp_vector, int(lcp_power_iters)
@@ -267,34 +282,18 @@ class Recurrence(RecurrenceControls, nn.Module):
 
     @torch.no_grad()
     def _iterate(self, x, h, limit: int, record=()):
-        """Run ``limit`` steps without a graph, halting per sample when ``halt_tol > 0``.
-
-        Returns the final state, the steps per sample (B,) and {t: (h_t, steps_t)} for t in
-        ``record`` (a halted sample keeps its state, so later counts repeat it).
-        """
-        steps = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-        active = torch.ones_like(steps, dtype=torch.bool)
+        """Run ``limit`` steps without a graph (``test_solver``), halting per sample when
+        ``halt_tol > 0``; returns the final state, the steps per sample (B,) and
+        {t: (h_t, steps_t)} for t in ``record`` (see ``iterate.py``)."""
         coupled = batch_coupled(self.cell)
-        saved = {}
         with phase("graph_free_steps"):
-            for t in range(1, limit + 1):
-                h_next = self.step_without_graph(x, h)
-                if self.halt_tol > 0:
-                    scale = group_norm(h, coupled).clamp_min(1e-12)
-                    change = group_norm(h_next - h, coupled) / scale
-                    h = torch.where(expand_as(active, h), h_next, h)
-                    steps += active
-                    active &= (change >= self.halt_tol).expand_as(active)
-                else:
-                    h = h_next
-                    steps += 1
-                if t in record:
-                    saved[t] = (h, steps.clone())
-                if self.halt_tol > 0 and not active.any():  # one host sync per step (inference)
-                    break
-        for t in record:
-            saved.setdefault(t, (h, steps.clone()))
-        return h, steps, saved
+            if self.test_solver == "anderson":
+                memory = self.anderson_memory
+                args = (x, h, limit, self.halt_tol, memory, coupled, record)
+                return anderson_iterate(self.step_without_graph, *args)
+            return picard_iterate(
+                self.step_without_graph, x, h, limit, self.halt_tol, coupled, record
+            )
 
     @torch.no_grad()
     def _raise_nonfinite(self, x: torch.Tensor, h: torch.Tensor) -> None:
@@ -314,6 +313,12 @@ class Recurrence(RecurrenceControls, nn.Module):
             f"Recurrence {self.name!r} (grad={self.grad!r}) diverged: {where}. Lower the learning "
             "rate, raise the LCP weight or lower lcp_tau to keep it contractive, or "
             "check the input data for NaN/inf."
+            + (
+                " At inference it ran with Anderson acceleration: compare with "
+                "test_solver='picard' (MODEL.RECURRENT.TEST_SOLVER picard)."
+                if self.test_solver == "anderson" and not self.training
+                else ""
+            )
         )
 
     def extra_repr(self) -> str:
@@ -323,6 +328,11 @@ class Recurrence(RecurrenceControls, nn.Module):
             f"test_timesteps={self.test_timesteps}, halt_tol={self.halt_tol}"
             + (", compile_steps=True" if self.compile_steps else "")
             + (", backward_solver='gmres'" if self.backward_solver == "gmres" else "")
+            + (
+                f", test_solver='anderson', anderson_memory={self.anderson_memory}"
+                if self.test_solver == "anderson"
+                else ""
+            )
             + (
                 f", lcp_vector='power', lcp_power_iters={self.lcp_power_iters}"
                 if self.lcp_vector == "power"
