@@ -295,3 +295,52 @@ def test_the_solver_benchmark_names_a_bad_pathfinder_model_and_a_missing_checkpo
         tool.main(["--pathfinder", "hgru_crbp"])
     with pytest.raises(SystemExit, match="no checkpoint .*checkpoint.pth.*pathfinder_compare"):
         tool.main(["--pathfinder", "hgru_crbp:0", "--checkpoints", str(tmp_path)])
+
+
+def test_the_fixed_point_benchmark_counts_steps_by_the_halting_rule(tmp_path):
+    """tools/benchmark_fixed_point.py on a tiny RFPN with random weights: one row per layer,
+    solver and tolerance; a tolerance of 100 halts every solver after its second step (the
+    first, from h = 0, is an unbounded relative change), and the distances are to a reference
+    that the rows of every solver share."""
+    import numpy as np
+    import torch
+    from _detectron import tiny_cfg
+    from PIL import Image
+
+    from rpanoptic.modeling import build_model, recurrent_layers
+
+    config = os.path.join(
+        ROOT, "configs/COCO-PanopticSegmentation/panoptic_rfpn_R_50_crbp20_1x.yaml"
+    )
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(config))
+    weights = str(tmp_path / "w.pth")
+    torch.save({"model": model.state_dict()}, weights)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(2):
+        pixels = np.random.default_rng(i).integers(0, 256, (96, 96, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i}.png")
+    tool = _load_tool("benchmark_fixed_point")
+    argv = ["--config-file", config, "--input", str(folder), "--images", "2"]
+    argv += ["--tols", "100,0.1", "--memories", "2", "--reference-steps", "60"]
+    argv += ["--max-steps", "30", "--time-steps", "2", "--output-dir", str(tmp_path / "out")]
+    from _detectron import TINY
+
+    assert tool.main(argv + [str(v) for v in TINY] + ["MODEL.WEIGHTS", weights]) == 0
+    with open(tmp_path / "out" / "fixed_point.csv") as f:
+        rows = list(csv.DictReader(f))
+    layers = list(recurrent_layers(model))
+    assert len(rows) == len(layers) * 2 * 2
+    assert {(r["layer"], r["solver"], float(r["tol"])) for r in rows} == {
+        (layer, solver, tol) for layer in layers for solver in ("plain", "anderson 2")
+        for tol in (100.0, 0.1)
+    }  # fmt: skip
+    for r in rows:
+        if float(r["tol"]) == 100.0:
+            assert float(r["steps"]) == 2.0
+        assert 1 <= float(r["steps"]) <= 30 and float(r["distance"]) >= 0
+        assert r["batch"] == "2"
+    for layer in layers:  # the same h_N and reference for every solver of a layer
+        assert len({r["distance_at_N"] for r in rows if r["layer"] == layer}) == 1
+    assert (tmp_path / "out" / "fixed_point.png").stat().st_size > 0

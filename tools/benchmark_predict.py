@@ -82,7 +82,7 @@ def main(argv=None) -> int:
     device = next(iter(cfgs.values())).MODEL.DEVICE
     print(f"{len(paths)} images on {device}, {torch.get_num_threads()} threads")
     extra = [k for k in ("PQ", "PQ_th", "PQ_st", "eval_steps") if k in rows[0]]
-    print("| setting | images/s | s/image | mean steps | " + " | ".join(extra) + " |")
+    print("| setting | images/s | s/image | mean steps |" + "".join(f" {k} |" for k in extra))
     print("|---|---|---|---|" + "---|" * len(extra))
     for r in rows:
         speed = f"{r['images_per_s']:.2f} | {r['s_per_image']:.3f}"
