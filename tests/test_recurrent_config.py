@@ -83,3 +83,29 @@ def test_power_lcp_keys_reach_every_recurrent_layer_and_its_loss():
     assert all(
         rec.lcp_vector == "ones" for rec in recurrent_layers(build_model(tiny_cfg(RFPN))).values()
     )
+
+
+def test_anderson_keys_reach_every_recurrent_layer_and_change_only_inference_after_step_one():
+    """TEST_SOLVER / ANDERSON_MEMORY reach each layer. At one inference step Anderson is the
+    plain step (same backbone features exactly); at N = 3 it mixes, so the features differ;
+    training forward is the plain N steps either way."""
+    from rpanoptic.modeling.recurrence import recurrent_layers
+
+    def backbone(*opts):
+        torch.manual_seed(0)  # SCALE_INIT 1: the recurrent state reaches the features
+        return build_model(tiny_cfg(RFPN, "MODEL.RFPN.SCALE_INIT", 1.0, *opts)).backbone
+
+    anderson = ["MODEL.RECURRENT.TEST_SOLVER", "anderson", "MODEL.RECURRENT.ANDERSON_MEMORY", 2]
+    layers = recurrent_layers(backbone(*anderson))
+    assert layers and all(
+        rec.test_solver == "anderson" and rec.anderson_memory == 2 for rec in layers.values()
+    )
+    image = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(3))
+    one = ["MODEL.RECURRENT.TEST_TIMESTEPS", 1]
+    with torch.no_grad():
+        fast, plain = backbone(*anderson, *one).eval()(image), backbone(*one).eval()(image)
+        assert all(torch.equal(fast[k], plain[k]) for k in plain)
+        fast, plain = backbone(*anderson).eval()(image), backbone().eval()(image)
+        assert any(not torch.allclose(fast[k], plain[k]) for k in ("p3", "p4", "p5"))
+    fast, plain = backbone(*anderson).train()(image), backbone().train()(image)  # with autograd
+    assert all(torch.allclose(fast[k], plain[k], rtol=1e-6, atol=1e-7) for k in plain)
