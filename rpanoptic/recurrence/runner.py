@@ -26,10 +26,10 @@ import torch
 from torch import nn
 
 from ._batch import batch_coupled, frozen_running_stats
-from .iterate import anderson_iterate, picard_iterate
 from .arguments import Rule, at_least, check_arguments, is_number, one_of
 from .compiled import CompiledStep
 from .controls import RecurrenceControls
+from .iterate import anderson_iterate, picard_iterate
 from .lcp import LCP_REDUCTIONS, LCP_VECTORS, lcp_penalty
 from .phases import phase
 from .rbp import BACKWARD_SOLVERS, ImplicitStep, ImplicitStepOptions
