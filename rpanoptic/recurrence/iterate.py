@@ -3,19 +3,22 @@ Anderson acceleration (``anderson_iterate``), both halting per sample.
 
 The plain iteration h_{t+1} = F(x, h_t) closes the distance to the fixed point by about the
 spectral radius rho of F's Jacobian per step; a recurrence that the LCP holds just under tau
-(0.9-0.98) therefore needs tens of steps to settle, and per-sample halting saves nothing within
-the trained N. Anderson acceleration (type II, Walker and Ni 2011) spends the same one
-evaluation of F per step but feeds F the combination of the last ``memory`` evaluations whose
-linearised residual is smallest:
+(0.9-0.98) therefore needs tens of steps to settle, and per-sample halting saves little within
+the trained N (the demo's model: 8-9 of 10 steps at a tolerance of 0.05). Anderson
+acceleration (type II, Walker and Ni 2011) spends the same one evaluation of F per step but
+feeds F the combination of the last ``memory`` evaluations whose linearised residual is
+smallest:
 
     g_k = F(h_k) - h_k,   dG = [g_{i+1} - g_i],   dF = [F(h_{i+1}) - F(h_i)]  (last m)
     gamma = argmin || g_k - dG gamma ||,          h_{k+1} = F(h_k) - dF gamma.
 
-On a linear F with m at least the state's dimension it is GMRES and reaches the fixed point
-exactly after dimension + 1 evaluations (tested). The least-squares problem is per sample (the
-whole batch when a BatchNorm couples it), solved from its normal equations in float64 with a
-ridge of 1e-10 of their trace: a column that has stopped changing gets no weight instead of a
-singular solve, and a non-finite solution falls back to the plain step for that sample.
+On a linear F with m at least the state's dimension it is GMRES: the iterate built from
+dimension + 1 evaluations is the fixed point, which the next evaluation returns (tested). The
+least-squares problem is per sample (the whole batch when a BatchNorm couples it). Its Gram
+matrix is accumulated in the state's dtype (enough for halting tolerances down to about 1e-5 in
+float32) and solved in float64 with a ridge of 1e-10 of its trace: a column that has stopped
+changing gets no weight instead of a singular solve, and a non-finite solution falls back to
+the plain step for that sample.
 
 What is returned and counted matches the plain iteration: the output of a sample is the
 latest F(h_k) (never an untested combination), its steps are the evaluations of F it took,
