@@ -12,7 +12,7 @@ All four compute the same forward values for the same weights and N. At inferenc
 eval mode, or autograd disabled) no graph is built; the recurrence runs ``test_timesteps`` steps
 (0: ``timesteps``), and with ``halt_tol > 0`` each sample stops updating once its relative
 change ||h_{t+1} - h_t|| / ||h_t|| falls below ``halt_tol``; ``test_solver="anderson"``
-accelerates those steps (``anderson.py``).
+accelerates those steps (``iterate.py``).
 
 Precision: the recurrence runs with autocast disabled, and half-precision inputs are promoted
 to float32, so a fixed-point iteration and its Neumann series are never run in float16 or
@@ -142,7 +142,7 @@ class Recurrence(RecurrenceControls, nn.Module):
         test_solver: how inference iterates to the fixed point: "picard" (h_{t+1} = F(x, h_t),
             what training runs) or "anderson" (each step feeds F the combination of its last
             ``anderson_memory`` evaluations with the smallest residual: the same cost per
-            step, fewer steps to a halting tolerance; see ``anderson.py``).
+            step, fewer steps to a halting tolerance; see ``iterate.py``).
         anderson_memory: differences Anderson mixing keeps (>= 1).
         name: how errors and logs name the layer (rpanoptic's models pass its module path).
         compile_steps: run the steps that build no graph (the N - 1 steps before the implicit
@@ -287,13 +287,11 @@ class Recurrence(RecurrenceControls, nn.Module):
         {t: (h_t, steps_t)} for t in ``record`` (see ``iterate.py``)."""
         coupled = batch_coupled(self.cell)
         with phase("graph_free_steps"):
+            step, tol = self.step_without_graph, self.halt_tol
             if self.test_solver == "anderson":
                 memory = self.anderson_memory
-                args = (x, h, limit, self.halt_tol, memory, coupled, record)
-                return anderson_iterate(self.step_without_graph, *args)
-            return picard_iterate(
-                self.step_without_graph, x, h, limit, self.halt_tol, coupled, record
-            )
+                return anderson_iterate(step, x, h, limit, tol, memory, coupled, record)
+            return picard_iterate(step, x, h, limit, tol, coupled, record)
 
     @torch.no_grad()
     def _raise_nonfinite(self, x: torch.Tensor, h: torch.Tensor) -> None:
