@@ -1,4 +1,4 @@
-# Set-up and the two commands users run: `make demo` and `make test`.
+# Set-up and the commands users run: `make demo`, `make test` (what CI runs), `make test-fast`.
 # The environment lives in .venv and is rebuilt when a requirement file or setup.py changes
 # (the stamp file below); a second run installs nothing.
 PYTHON_BOOT ?= python3
@@ -17,11 +17,11 @@ COMPARE_ARGS ?=
 PATHFINDER_ARGS ?=
 DEMO_RECURRENCE_ARGS ?=
 
-.PHONY: env demo compare demo-recurrence pathfinder test bench lint clean-env
+.PHONY: env demo compare demo-recurrence pathfinder test test-fast bench lint clean-env
 
 env: $(STAMP)
 
-$(STAMP): requirements.txt requirements-detectron2.txt $(TORCH_REQS) setup.py
+$(STAMP): requirements.txt requirements-dev.txt requirements-detectron2.txt $(TORCH_REQS) setup.py
 	@test -f $(TORCH_REQS) || { echo "No torch pin for architecture $(ARCH): add $(TORCH_REQS)"; exit 1; }
 	@free=$$(df -Pk . | awk 'NR==2 {print int($$4/1048576)}'); \
 	if [ "$$free" -lt "$(MIN_FREE_GB)" ]; then \
@@ -30,7 +30,7 @@ $(STAMP): requirements.txt requirements-detectron2.txt $(TORCH_REQS) setup.py
 		echo "MIN_FREE_GB=<GB> to try anyway."; exit 1; fi
 	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
 	$(PIP) install -q -r $(TORCH_REQS)
-	$(PIP) install -q -r requirements.txt
+	$(PIP) install -q -r requirements.txt -r requirements-dev.txt
 	# detectron2: pure-Python wheel for cp310, used on this Python (see README / DESIGN.md)
 	rm -rf $(D2_DIR)
 	$(PIP) install -q --no-deps --only-binary=:all: --python-version 3.10 --target $(D2_DIR) \
@@ -42,36 +42,44 @@ $(STAMP): requirements.txt requirements-detectron2.txt $(TORCH_REQS) setup.py
 	$(PY) -m rpanoptic.env
 	touch $(STAMP)
 
+# Everything: the package's tests (tests/) and the projects' (projects/*/tests).
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q
+
+# For daily work: leaves out the tests marked slow or distributed (under 2 minutes on 2 cores).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not distributed"
 
 # The demo: make the synthetic dataset if missing, train a small C-RBP recurrent Panoptic FPN on
 # the CPU, evaluate PQ, sweep inference steps; results in output/demo. E.g. DEMO_ARGS="--iters 200".
 demo: $(STAMP)
 	$(PY) tools/demo.py $(DEMO_ARGS)
 
-# Longer, not in CI: feed-forward vs RFPN (BPTT, C-RBP) vs recurrent mask head, 3 seeds each, same
-# schedule; results in output/compare. Rerun to resume. E.g. COMPARE_ARGS="--seeds 0,1,2,3,4".
+# Longer, not in CI (projects/SyntheticComparison): feed-forward vs RFPN (BPTT, C-RBP) vs recurrent
+# mask head, 3 seeds each, same schedule; one result file per run in
+# projects/SyntheticComparison/results/compare. Rerun to resume. E.g. COMPARE_ARGS="--seeds 0,1,2,3,4".
 compare: $(STAMP)
-	$(PY) tools/compare.py $(COMPARE_ARGS)
+	$(PY) projects/SyntheticComparison/compare.py $(COMPARE_ARGS)
 
-# The recurrence engine's own toy demo (BPTT vs C-RBP on curve tracing, no Detectron2 model).
+# The recurrence engine's own toy demo (projects/CurveTracing: BPTT vs C-RBP on curve tracing).
 demo-recurrence: $(STAMP)
-	$(PY) tools/demo_recurrence.py $(DEMO_RECURRENCE_ARGS)
+	$(PY) projects/CurveTracing/demo.py $(DEMO_RECURRENCE_ARGS)
 
-# Longer, not in CI: Pathfinder, feed-forward vs hGRU BPTT / RBP / C-RBP, 3 seeds, one result
-# file per run in results/pathfinder/compare (rerun to resume). E.g. PATHFINDER_ARGS="--sets easy,medium".
+# Longer, not in CI (projects/Pathfinder): feed-forward vs hGRU BPTT / RBP / C-RBP, 3 seeds, one
+# result file per run in projects/Pathfinder/results/compare (rerun to resume).
+# E.g. PATHFINDER_ARGS="--sets easy,medium".
 pathfinder: $(STAMP)
-	$(PY) tools/pathfinder_compare.py $(PATHFINDER_ARGS)
+	$(PY) projects/Pathfinder/compare.py $(PATHFINDER_ARGS)
 
 bench: $(STAMP)
-	$(PY) tools/benchmark_recurrence.py
+	$(PY) tools/benchmark.py engine
+
+LINTED := rpanoptic tests tools datasets projects configs conftest.py setup.py
 
 lint: $(STAMP)
-	$(PIP) install -q -r requirements-dev.txt
-	$(VENV)/bin/black --check rpanoptic tests tools datasets
-	$(VENV)/bin/isort --check-only rpanoptic tests tools datasets
-	$(VENV)/bin/flake8 rpanoptic tests tools datasets
+	$(VENV)/bin/black --check $(LINTED)
+	$(VENV)/bin/isort --check-only $(LINTED)
+	$(VENV)/bin/flake8 $(LINTED)
 
 clean-env:
 	rm -rf $(VENV)

@@ -4,6 +4,14 @@
 it); then ``add_rpanoptic_config(cfg)`` adds the config keys.
 """
 
+import warnings
+
+with warnings.catch_warnings():
+    # fvcore and detectron2 script a few functions with torch.jit.script when first imported,
+    # and torch deprecates that call: warnings about their code that a user cannot act on.
+    warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
+    import detectron2.modeling  # noqa: F401
+
 from . import data  # noqa: F401  (dataset registration helpers; registers nothing by itself)
 from . import modeling  # noqa: F401  (registers build_resnet_rfpn_backbone and the mask head)
 from .config import add_rpanoptic_config

@@ -8,7 +8,7 @@ __all__ = ["add_rpanoptic_config"]
 def add_rpanoptic_config(cfg: CN) -> CN:
     """Add every rpanoptic key with its default. Idempotent: a second call changes nothing.
 
-    Values are validated when the model is built (see ``rpanoptic.modeling.recurrence``).
+    Values are validated when the model is built (see ``rpanoptic.modeling.recurrent_config``).
     """
     if "RECURRENT" in cfg.MODEL:
         return cfg
@@ -26,7 +26,7 @@ def add_rpanoptic_config(cfg: CN) -> CN:
     # How the K vector-Jacobian products become the gradient: "neumann" (the truncated series,
     # the paper's) | "gmres" (the combination with the smallest residual: the same products, a
     # smaller gradient error; how much smaller depends on the Jacobian's spectrum, see
-    # tools/benchmark_solvers.py).
+    # tools/benchmark.py solvers).
     cfg.MODEL.RECURRENT.BACKWARD_SOLVER = "neumann"
     # Weight of loss_lcp, the Lipschitz coefficient penalty (cbptt/crbp); the authors' XI.
     cfg.MODEL.RECURRENT.LCP_WEIGHT = 1e-3

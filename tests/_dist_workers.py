@@ -10,7 +10,7 @@ from torch import nn
 
 from rpanoptic.engine.setup import get_rpanoptic_cfg
 from rpanoptic.engine.trainer import wrap_data_parallel
-from rpanoptic.modeling.recurrence import build_recurrence
+from rpanoptic.modeling.recurrent_config import build_recurrence
 
 
 class ToyModel(nn.Module):

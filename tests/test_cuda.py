@@ -112,8 +112,8 @@ def test_amp_training_run_of_the_rfpn_through_the_trainer(tmp_path):
 
 
 def test_pathfinder_runs_on_cuda_and_evaluates_as_on_cpu(tmp_path):
-    from rpanoptic.pathfinder import PathfinderSpec, generate_pathfinder
-    from rpanoptic.pathfinder.train import PathfinderRun, evaluate, load_split, run_and_report
+    from pathfinder import PathfinderSpec, generate_pathfinder
+    from pathfinder.train import PathfinderRun, evaluate, load_split, run_and_report
 
     spec = PathfinderSpec(size=24, segments=4, snakes=2, dash=3.0, gap=1.5)
     root = str(tmp_path / "pf")
@@ -124,7 +124,7 @@ def test_pathfinder_runs_on_cuda_and_evaluates_as_on_cpu(tmp_path):
     assert result["device"] == torch.cuda.get_device_name(0)
     assert set(result["accuracy"]) == set(run.counts())
 
-    from rpanoptic.pathfinder.fixed_point import load_trained
+    from pathfinder.fixed_point import load_trained
 
     model = load_trained(run, os.path.join(str(tmp_path / "out"), "checkpoint.pth"))
     val = load_split(root, "val", "trace")

@@ -4,11 +4,13 @@ import importlib
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from rpanoptic import env
 
 
+@pytest.mark.slow
 def test_env_reports_versions():
     out = subprocess.run(
         [sys.executable, "-m", "rpanoptic.env"], capture_output=True, text=True, timeout=120

@@ -15,7 +15,7 @@ from detectron2.utils.logger import setup_logger
 
 import rpanoptic  # noqa: F401  (registers rpanoptic's components and the synthetic datasets)
 from rpanoptic.data import SceneSpec, ensure_synthetic_dataset
-from rpanoptic.experiments.demo import demo_config, run_demo
+from rpanoptic.engine.demo import demo_config, run_demo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -13,10 +13,12 @@ model (see that module for the order and for why halting cannot be exported).
 import argparse
 import sys
 
+import rpanoptic  # noqa: F401  (first: registers the components, quiets the imports below)
+
+# isort: split
 import torch
 from detectron2.data import detection_utils as utils
 
-import rpanoptic  # noqa: F401  (registers rpanoptic's components)
 from rpanoptic.engine.setup import get_rpanoptic_cfg
 from rpanoptic.evaluation.report import image_inputs
 from rpanoptic.inference import load_weights

@@ -15,6 +15,9 @@ import logging
 import os
 import sys
 
+import rpanoptic  # noqa: F401  (first: registers the components, quiets the imports below)
+
+# isort: split
 from detectron2.config import LazyConfig, instantiate
 from detectron2.engine import (
     AMPTrainer,
@@ -29,7 +32,6 @@ from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 
-import rpanoptic  # noqa: F401  (registers rpanoptic's components)
 from rpanoptic.engine.checkpoint import RPanopticCheckpointer
 from rpanoptic.engine.hooks import LCPHook
 from rpanoptic.engine.setup import check_python_config

@@ -20,7 +20,7 @@ from detectron2.utils.logger import setup_logger
 
 import rpanoptic  # noqa: F401  (registers rpanoptic's components and the synthetic datasets)
 from rpanoptic.engine.setup import get_rpanoptic_cfg
-from rpanoptic.evaluation.sweep import parse_counts
+from rpanoptic.evaluation.timestep_sweep import parse_counts
 from rpanoptic.inference import PredictOptions, Predictor, expand_inputs, predict_files
 from rpanoptic.inference.predictor import predict_video
 from rpanoptic.modeling import validate_recurrent_config

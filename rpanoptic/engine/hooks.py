@@ -8,8 +8,7 @@ from typing import Dict, Optional
 import torch
 from detectron2.engine import HookBase
 
-from ..evaluation.gradients import norm_of
-from ..modeling.recurrence import parameter_groups, recurrent_layers
+from ..modeling.recurrent_config import norm_of, parameter_groups, recurrent_layers
 from ..recurrence import Recurrence, StateRecord
 
 __all__ = ["LCPHook", "ParameterStatsHook"]

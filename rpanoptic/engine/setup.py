@@ -9,7 +9,7 @@ from detectron2.config import get_cfg
 from detectron2.engine import default_setup
 
 from ..config import add_rpanoptic_config
-from ..modeling.recurrence import validate_recurrent_config
+from ..modeling.recurrent_config import validate_recurrent_config
 from .checkpoint import RPanopticCheckpointer
 from .resume import check_recurrent_settings
 

@@ -4,7 +4,7 @@
 
 from .build import build_model, has_recurrence
 from .mask_head import RecurrentMaskRCNNConvUpsampleHead
-from .recurrence import (
+from .recurrent_config import (
     build_recurrence,
     parameter_groups,
     recurrent_layers,

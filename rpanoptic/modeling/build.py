@@ -2,7 +2,7 @@
 
 from detectron2.modeling import build_model as d2_build_model
 
-from .recurrence import validate_recurrent_config
+from .recurrent_config import validate_recurrent_config
 
 __all__ = ["build_model", "has_recurrence"]
 

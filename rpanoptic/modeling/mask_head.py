@@ -10,7 +10,7 @@ from detectron2.modeling.roi_heads.mask_head import ROI_MASK_HEAD_REGISTRY, Base
 from torch import nn
 from torch.nn import functional as F
 
-from .recurrence import build_recurrence, warn_unhooked_lcp
+from .recurrent_config import build_recurrence, warn_unhooked_lcp
 
 __all__ = ["RecurrentMaskRCNNConvUpsampleHead"]
 

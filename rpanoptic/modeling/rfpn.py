@@ -11,7 +11,7 @@ from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 from torch import nn
 
-from .recurrence import build_recurrence, warn_unhooked_lcp
+from .recurrent_config import build_recurrence, warn_unhooked_lcp
 
 __all__ = ["RecurrentLevel", "RFPN", "build_resnet_rfpn_backbone", "level_recurrences"]
 

@@ -9,7 +9,7 @@
 - :func:`fixed_point_residual`, :func:`spectral_radius` -- convergence diagnostics.
 """
 
-from .controls import StateRecord
+from .controls import StateRecord, sweep
 from .diagnostics import fixed_point_residual, spectral_radius
 from .hgru import HGRUCell
 from .lcp import (
@@ -23,7 +23,6 @@ from .lcp import (
 )
 from .rbp import ImplicitStep, ImplicitStepOptions, neumann_series
 from .runner import GRAD_MODES, Recurrence
-from .sweep import sweep
 
 __all__ = [
     "HGRUCell",

@@ -2,7 +2,7 @@
 
 :class:`~.runner.Recurrence` and :class:`~.hgru.HGRUCell` check their arguments against
 ``RECURRENCE_ARGUMENTS`` and ``HGRU_ARGUMENTS`` (built in their modules from these helpers);
-the Detectron2 layer (``rpanoptic.modeling.recurrence``) checks the config keys that become
+the Detectron2 layer (``rpanoptic.modeling.recurrent_config``) checks the config keys that become
 those arguments against the same rules, so a rule and the words that explain it exist in one
 place.
 """

@@ -5,20 +5,25 @@ managers instead of attributes set from outside.
   the block (learning mode, inference steps, whether the caller adds the penalty to its loss).
 - ``with rec.recording() as record:`` keeps each forward's input and final state in
   ``record`` (a :class:`StateRecord`), which :meth:`diagnostics` analyses.
-- :func:`~.sweep.sweep` evaluates several inference step counts in one pass (the one sweep
-  mechanism; see ``sweep.py``).
+- ``with sweep(model, counts) as set_count:`` evaluates several inference step counts in one
+  pass (the one sweep mechanism): each recurrence of ``model`` iterates once to ``max(counts)``
+  per input, keeps its state at every count and answers ``set_count(t)`` forwards of the same
+  input from that cache. Any module with ``sweep_begin()`` and ``sweep_end()`` methods has them
+  called on entry and exit (the RFPN backbone computes its feed-forward features once per
+  image that way).
 - :meth:`diagnostics` and the Neumann counters report on the convergence.
 """
 
 import contextlib
 from dataclasses import dataclass
-from typing import Dict, Iterator, Optional
+from typing import Callable, Dict, Iterator, Optional, Sequence
 
 import torch
+from torch import nn
 
 from .diagnostics import fixed_point_residual, spectral_radius
 
-__all__ = ["RecurrenceControls", "StateRecord"]
+__all__ = ["RecurrenceControls", "StateRecord", "sweep"]
 
 
 @dataclass
@@ -149,3 +154,36 @@ class RecurrenceControls:
         if self.steps is not None:
             out["steps"] = self.steps.float().mean()
         return out
+
+
+@contextlib.contextmanager
+def sweep(model: nn.Module, counts: Sequence[int]) -> Iterator[Callable[[int], None]]:
+    """Sweep mode for every recurrence of ``model`` (DDP-wrapped or not, or a bare
+    :class:`Recurrence`); yields ``set_count(t)``, which selects the count the next forwards
+    answer (one of ``counts``; the largest is selected on entry)."""
+    counts = sorted({int(c) for c in counts}) if counts else []
+    if not counts or counts[0] < 1:
+        raise ValueError(f"sweep: counts must be integers >= 1, got {list(counts)}.")
+    model = getattr(model, "module", model)
+    layers = [m for m in model.modules() if isinstance(m, RecurrenceControls)]
+    if not layers:
+        raise ValueError("timestep sweep: the model has no recurrent layer to sweep.")
+    joined = [m for m in model.modules() if hasattr(m, "sweep_begin") and hasattr(m, "sweep_end")]
+    for layer in layers:
+        layer._begin_sweep(counts)
+    for module in joined:
+        module.sweep_begin()
+
+    def set_count(t: int) -> None:
+        if t not in counts:
+            raise ValueError(f"sweep: count {t} is not one of {counts}.")
+        for layer in layers:
+            layer._select_count(t)
+
+    try:
+        yield set_count
+    finally:
+        for layer in layers:
+            layer._end_sweep()
+        for module in joined:
+            module.sweep_end()

@@ -12,7 +12,7 @@ least-squares problem, negligible next to a convolution's backward.
 Why it matters: the Neumann error shrinks like rho^K, with rho the spectral radius of J. Near
 rho = 1, where a trained recurrence sits (the LCP holds it just below tau), K = 15 terms leave
 much of the gradient out (55% of a fresh 256-channel hGRU's parameter gradient,
-``tools/benchmark_solvers.py``), and halving the error costs many more terms. GMRES converges
+``tools/benchmark.py solvers``), and halving the error costs many more terms. GMRES converges
 with the spread of J's spectrum instead. On that fresh cell it reaches the series' K = 15 error
 with 4 products; on a trained Pathfinder hGRU, whose spectrum is spread to near 1, it gains
 little before K = 30 (the README's Benchmarks give both).

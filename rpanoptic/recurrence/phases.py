@@ -3,7 +3,7 @@
 Each phase of a training or inference step is wrapped in ``torch.profiler.record_function``
 under the name ``recurrence/<phase>``, so a ``torch.profiler`` trace of any model that uses
 :class:`~.runner.Recurrence` (a Detectron2 training step included) shows them beside the
-operators they contain. ``tools/profile_recurrence.py`` tabulates them. Outside a profiler a
+operators they contain. ``tools/benchmark.py profile`` tabulates them. Outside a profiler a
 range costs a few microseconds, a handful of times per step. Under ``torch.jit`` tracing
 (export) no range is recorded, so traced graphs stay free of profiler operators.
 """

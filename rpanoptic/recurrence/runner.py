@@ -153,7 +153,7 @@ class Recurrence(RecurrenceControls, nn.Module):
     After a training forward in "cbptt"/"crbp", ``lcp`` holds the penalty (a scalar tensor in the
     graph); otherwise it is None. After any forward, ``steps`` holds the steps taken per sample,
     a (B,) long tensor. Other code steers and observes the recurrence only through
-    :meth:`using`, :meth:`recording`, :func:`~.sweep.sweep` and :meth:`diagnostics` (see
+    :meth:`using`, :meth:`recording`, :func:`~.controls.sweep` and :meth:`diagnostics` (see
     ``controls.py``); it never assigns the recurrence's attributes.
     """
 

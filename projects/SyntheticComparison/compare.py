@@ -1,0 +1,114 @@
+#!/usr/bin/env python
+"""Compare models on the synthetic dataset with one schedule and several seeds (`make compare`).
+
+The default plan (``synthetic_comparison.plan.DEFAULT_PLAN``): feed-forward; RFPN with BPTT (N=3),
+RBP (N=10, no penalty) and C-RBP (N=10); the recurrent mask head with C-RBP; and the fine-tuning
+path (feed-forward for half the schedule, then half as RFPN C-RBP with a zero-initialised scale,
+against the same feed-forward model trained on for that half). Each run is a fresh process and
+writes one JSON file to --results-dir/<model>/seed<k>.json; runs whose file exists are skipped,
+so rerunning resumes (commit the results folder to resume on another machine). Then writes
+comparison.md/.csv, paired_tests.csv, runs.csv and pq_vs_steps.png to --results-dir.
+
+  cd projects/SyntheticComparison  # or give the script's path from anywhere
+  python compare.py                                  # default plan x 3 seeds
+  python compare.py --jobs 2 --seeds 0,1,2,3,4       # two runs at a time, 1 thread each
+  python compare.py --configs configs/Synthetic/panoptic_fpn_R_18.yaml,... [KEY VALUE ...]
+  python compare.py --report-only                    # tables from the results so far
+
+Config paths are relative to the repository root.
+"""
+import argparse
+import os
+import sys
+from dataclasses import replace
+
+PROJECT = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(PROJECT))  # the repository: configs/ and datasets/
+# The curves are what needs long-range grouping in the synthetic scenes.
+TESTED = ("PQ", "PQ_th", "PQ/curve")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--configs", default="", help="comma-separated configs (default: the plan)")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
+    p.add_argument("--iters", type=int, default=0, help="training iterations (default: config)")
+    p.add_argument("--device", default="", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time (threads split evenly)")
+    p.add_argument(
+        "--results-dir",
+        default=os.path.join(PROJECT, "results", "compare"),
+        help="result files and tables",
+    )
+    p.add_argument("--output-dir", default="output/compare", help="checkpoints and logs")
+    p.add_argument("--train", type=int, default=400, help="synthetic training images")
+    p.add_argument("--val", type=int, default=50, help="synthetic validation images")
+    p.add_argument("--size", type=int, default=0, help="synthetic image size (px; 0: default)")
+    p.add_argument(
+        "--grouping-category",
+        default="curve",
+        help="thing class whose crossing instances the mask head must tell apart ('' to skip)",
+    )
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write the tables from the result files that exist; train nothing",
+    )
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for every config")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from synthetic_comparison import plan as compare
+
+    import rpanoptic  # noqa: F401  (registers rpanoptic's components and the synthetic datasets)
+    from rpanoptic.data import SceneSpec, ensure_synthetic_dataset
+
+    if args.configs:
+        plan = compare.plan_from_configs([os.path.join(ROOT, c) for c in args.configs.split(",")])
+    else:
+        plan = [replace(e, config=os.path.join(ROOT, e.config)) for e in compare.DEFAULT_PLAN]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    results_dir = os.path.abspath(args.results_dir)
+    if args.report_only:
+        try:
+            files, missing = compare.report_existing(plan, seeds, results_dir, TESTED)
+        except RuntimeError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        print(open(files["comparison.md"]).read())
+        if missing:
+            print(f"{len(missing)} runs missing: {', '.join(missing)}")
+        return 0
+    counts = {"train": args.train, "val": args.val}
+    size = args.size or SceneSpec.size
+    try:  # made once here, not by each run
+        ensure_synthetic_dataset(counts, size=size)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    launch = compare.launcher(
+        args.iters, args.device, counts, size, args.grouping_category, args.opts, cwd=ROOT
+    )
+    try:
+        files = compare.run_comparison(
+            plan,
+            seeds,
+            results_dir,
+            os.path.abspath(args.output_dir),
+            launch,
+            jobs=args.jobs,
+            tested=TESTED,
+            log=lambda line: print(line, flush=True),
+        )
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(open(files["comparison.md"]).read())
+    print("Written:", ", ".join(files.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
