@@ -18,7 +18,8 @@ from dataclasses import replace
 
 import torch
 from pathfinder import DIFFICULTY, PathfinderSpec, generate_pathfinder
-from pathfinder.compare import (
+from pathfinder.compare import (  # noqa: F401  (BASE: also for solvers.py and the tests)
+    BASE,
     DEFAULT_MODELS,
     MODELS,
     memory_vs_steps,
@@ -28,24 +29,9 @@ from pathfinder.compare import (
 )
 from pathfinder.fixed_point import fixed_point_table
 from pathfinder.report import plot_set_cue_reach, plot_set_unfolding, recorded
-from pathfinder.train import PathfinderRun
 
 PROJECT = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(PROJECT))  # the repository (datasets/)
-
-# The settings fixed in advance for every model (the models change only what MODELS says).
-BASE = PathfinderRun(
-    task="trace",
-    channels=8,
-    kernel_size=5,
-    timesteps=10,
-    neumann_steps=15,
-    lcp_weight=10.0,
-    iters=10000,
-    batch=16,
-    lr=3e-3,
-    checkpoint_period=1000,
-)
 
 
 def parse_args(argv=None):
@@ -66,6 +52,11 @@ def parse_args(argv=None):
     p.add_argument("--data-root", default=os.path.join(ROOT, "datasets", "pathfinder"))
     p.add_argument("--results", default=os.path.join(PROJECT, "results", "compare"))
     p.add_argument("--output", default="output/pathfinder_compare", help="checkpoints")
+    p.add_argument(
+        "--keep",
+        default="",
+        help="also write each finished run's weights to KEEP/<set>/<model>_s<seed>.pth",
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", help="where the runs train: cpu, cuda, cuda:<i>")
     p.add_argument("--workers", type=int, default=1, help="processes drawing a missing set")
@@ -102,7 +93,16 @@ def main(argv=None) -> int:
             sets = {name: make_set(args, name) for name in names}
             models = [m for m in args.models.split(",") if m]
             seeds = [int(s) for s in args.seeds.split(",") if s]
-            run_comparison(sets, base, args.results, args.output, models, seeds, device=args.device)
+            run_comparison(
+                sets,
+                base,
+                args.results,
+                args.output,
+                models,
+                seeds,
+                device=args.device,
+                keep=args.keep or None,
+            )
             if args.no_report:
                 return 0
         rows = summarize(args.results)

@@ -57,6 +57,9 @@ class RecurrenceControls:
         grad: Optional[str] = None,
         test_timesteps: Optional[int] = None,
         lcp_collected: Optional[bool] = None,
+        halt_tol: Optional[float] = None,
+        test_solver: Optional[str] = None,
+        anderson_memory: Optional[int] = None,
     ) -> Iterator["RecurrenceControls"]:
         """Run with other settings inside the block; the previous ones come back on exit.
 
@@ -67,19 +70,30 @@ class RecurrenceControls:
             lcp_collected: True when the caller adds ``lcp`` to its loss (as
                 ``rpanoptic.engine.LCPHook`` does); a constrained mode trained without it only
                 gets a warning, since the penalty would be computed and dropped.
+            halt_tol, test_solver, anderson_memory: how inference iterates (per-sample halting
+                tolerance, "picard" or "anderson", Anderson's memory), e.g. to evaluate one
+                trained model under several inference settings.
         """
-        if grad is not None:
-            self._check_setting("grad", grad)
-        if test_timesteps is not None:
-            self._check_setting("test_timesteps", test_timesteps)
-        saved = (self.grad, self.test_timesteps, self._lcp_collected)
+        changes = {
+            "grad": grad,
+            "test_timesteps": test_timesteps,
+            "halt_tol": halt_tol,
+            "test_solver": test_solver,
+            "anderson_memory": anderson_memory,
+        }
+        changes = {k: v for k, v in changes.items() if v is not None}
+        for key, value in changes.items():
+            self._check_setting(key, value)
+        if lcp_collected is not None:
+            changes["_lcp_collected"] = lcp_collected
+        saved = {key: getattr(self, key) for key in changes}
         try:
-            self.grad = self.grad if grad is None else grad
-            self.test_timesteps = self.test_timesteps if test_timesteps is None else test_timesteps
-            self._lcp_collected = self._lcp_collected if lcp_collected is None else lcp_collected
+            for key, value in changes.items():
+                setattr(self, key, value)
             yield self
         finally:
-            self.grad, self.test_timesteps, self._lcp_collected = saved
+            for key, value in saved.items():
+                setattr(self, key, value)
 
     @contextlib.contextmanager
     def recording(self) -> Iterator[StateRecord]:

@@ -18,6 +18,7 @@ from functools import partial
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
+import torch
 
 from rpanoptic.utils import atomic_write, pyplot
 
@@ -32,6 +33,9 @@ __all__ = [
     "MODELS",
     "DEFAULT_MODELS",
     "run_comparison",
+    "keep_weights",
+    "kept_path",
+    "BASE",
     "load_results",
     "reach_counts",
     "summarize",
@@ -39,6 +43,20 @@ __all__ = [
     "plot_comparison",
     "plot_unfolding",
 ]
+
+# The settings fixed in advance for every model (the models change only what MODELS says).
+BASE = PathfinderRun(
+    task="trace",
+    channels=8,
+    kernel_size=5,
+    timesteps=10,
+    neumann_steps=15,
+    lcp_weight=10.0,
+    iters=10000,
+    batch=16,
+    lr=3e-3,
+    checkpoint_period=1000,
+)
 
 # The compared models, as changes to the shared settings. "ff" is about the hGRU model's size
 # (8 channels); "ff_large" several times it. RBP is C-RBP without the penalty.
@@ -59,6 +77,27 @@ MODELS: Dict[str, Dict] = {
     "hgru_crbp_power_n20_gmres": dict(
         model="hgru", grad="crbp", lcp_vector="power", timesteps=20, backward_solver="gmres"
     ),
+    # The paper's regime (pathfinder/regime.py): 9x9 kernels, so that a hard (14-dash) path needs
+    # about 5 steps at the least, as PF-14 does in the paper; BPTT at the N its memory allows
+    # (6, about 1.1x that), C-RBP at about 4x (20), BPTT at 20 as the control where memory is no
+    # object; on the medium set BPTT and C-BPTT at 10 for the zero-shot test.
+    **{
+        f"hgru_{grad}_k9_n{n}": dict(
+            model="hgru",
+            grad=grad.split("_")[0],
+            kernel_size=9,
+            timesteps=n,
+            eval_steps=sorted({1, n // 2, n, 2 * n, 3 * n, 40, 60}),
+            **({"lcp_vector": "power"} if grad.endswith("_power") else {}),
+        )
+        for grad, n in [
+            ("bptt", 6),
+            ("bptt", 10),
+            ("bptt", 20),
+            ("cbptt_power", 10),
+            ("crbp_power", 20),
+        ]
+    },
 }
 DEFAULT_MODELS = ("ff", "ff_large", "hgru_bptt", "hgru_rbp", "hgru_crbp")
 
@@ -95,10 +134,14 @@ def run_comparison(
     seeds: Sequence[int] = (0, 1, 2),
     log: Callable[[str], None] = print,
     device: str = "cpu",
+    keep: Optional[str] = None,
 ) -> List[str]:
     """Train and evaluate every (set, model, seed) whose result file is missing, on ``device``.
     ``sets`` maps a set's name (e.g. "easy") to its folder. Checkpoints go to ``output``
-    (resumed when a run was cut off). Returns the result files written now."""
+    (resumed when a run was cut off). With ``keep``, each finished run's weights (no optimizer
+    state: tens of kB) are also written to ``keep/<set>/<model>_s<seed>.pth``, for evaluations
+    made later without retraining (:func:`~.fixed_point.load_trained` reads them). Returns the
+    result files written now."""
     unknown = sorted(set(models) - set(MODELS))
     if unknown:
         raise ValueError(f"pathfinder comparison: unknown models {unknown}; known: {list(MODELS)}")
@@ -115,11 +158,27 @@ def run_comparison(
                 log(f"run {set_name}/{model} seed {seed} -> {out}")
                 extra = partial(_trained_record, run)
                 run_and_report(run, root, out, log, device=device, extra=extra)
+                if keep:
+                    checkpoint = os.path.join(out, "checkpoint.pth")
+                    keep_weights(checkpoint, kept_path(keep, set_name, model, seed))
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 shutil.copyfile(os.path.join(out, "result.json"), target + ".tmp")
                 os.replace(target + ".tmp", target)
                 written.append(target)
     return written
+
+
+def kept_path(keep: str, set_name: str, model: str, seed: int) -> str:
+    """Where ``run_comparison(..., keep=keep)`` keeps a finished run's weights."""
+    return os.path.join(keep, set_name, f"{model}_s{seed}.pth")
+
+
+def keep_weights(checkpoint: str, path: str) -> None:
+    """Write the settings, iteration and weights of a finished run's ``checkpoint`` to ``path``
+    (atomically), without the optimizer state that only resuming needs."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    kept = {k: state[k] for k in ("run", "iteration", "model")}
+    atomic_write(path, lambda f: torch.save(kept, f))
 
 
 def load_results(results: str) -> Dict[str, Dict[str, List[Dict]]]:
