@@ -17,7 +17,7 @@ COMPARE_ARGS ?=
 PATHFINDER_ARGS ?=
 DEMO_RECURRENCE_ARGS ?=
 
-.PHONY: env demo compare demo-recurrence pathfinder test test-fast bench lint clean-env
+.PHONY: env demo compare demo-recurrence pathfinder pathfinder-regime test test-fast bench lint clean-env
 
 env: $(STAMP)
 
@@ -71,8 +71,19 @@ demo-recurrence: $(STAMP)
 pathfinder: $(STAMP)
 	$(PY) projects/Pathfinder/compare.py $(PATHFINDER_ARGS)
 
+# Longer, not in CI (projects/Pathfinder, several sessions): the paper's regime (BPTT at the N its
+# memory allows vs C-RBP at 4x the minimum steps; zero-shot to longer paths). Rerun to resume.
+pathfinder-regime: $(STAMP)
+	$(PY) projects/Pathfinder/regime.py $(PATHFINDER_ARGS)
+
 bench: $(STAMP)
 	$(PY) tools/benchmark.py engine
+
+# docs/CONFIG.md, the config key reference, regenerated from the code (rpanoptic/config.py's
+# comments and the keys' rules); tests/modeling/test_config_reference.py fails while it is stale.
+.PHONY: config-doc
+config-doc: $(STAMP)
+	$(PY) -m rpanoptic.modeling.config_reference --output docs/CONFIG.md
 
 LINTED := rpanoptic tests tools datasets projects configs conftest.py setup.py
 

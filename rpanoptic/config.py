@@ -8,17 +8,17 @@ __all__ = ["add_rpanoptic_config"]
 def add_rpanoptic_config(cfg: CN) -> CN:
     """Add every rpanoptic key with its default. Idempotent: a second call changes nothing.
 
-    Values are validated when the model is built (see ``rpanoptic.modeling.recurrent_config``).
+    Each key's comment is its description in docs/CONFIG.md (``make config-doc`` regenerates
+    it); values are validated when the model is built (``rpanoptic.modeling.recurrent_config``).
     """
     if "RECURRENT" in cfg.MODEL:
         return cfg
     cfg.MODEL.RECURRENT = CN()
-    # Learning mode: "bptt" | "cbptt" | "rbp" | "crbp" (C-RBP).
-    cfg.MODEL.RECURRENT.GRAD = "crbp"
     # N, the number of recurrent steps during training.
     cfg.MODEL.RECURRENT.TIMESTEPS = 20
-    # Steps at inference; 0 means TIMESTEPS.
-    cfg.MODEL.RECURRENT.TEST_TIMESTEPS = 0
+    # Learning mode: "bptt" | "cbptt" | "rbp" | "crbp" (C-RBP).
+    cfg.MODEL.RECURRENT.GRAD = "crbp"
+
     # K, terms of the Neumann series after the first (rbp/crbp).
     cfg.MODEL.RECURRENT.NEUMANN_STEPS = 15
     # Stop the Neumann series once terms are this small relative to the sum; 0 disables.
@@ -28,18 +28,23 @@ def add_rpanoptic_config(cfg: CN) -> CN:
     # smaller gradient error; how much smaller depends on the Jacobian's spectrum, see
     # tools/benchmark.py solvers).
     cfg.MODEL.RECURRENT.BACKWARD_SOLVER = "neumann"
+
     # Weight of loss_lcp, the Lipschitz coefficient penalty (cbptt/crbp); the authors' XI.
     cfg.MODEL.RECURRENT.LCP_WEIGHT = 1e-3
-    # How the penalty reduces over the state's elements: "sum" (authors' panoptic code) | "mean".
-    cfg.MODEL.RECURRENT.LCP_REDUCTION = "sum"
     # tau of the penalty: the bound on the Jacobian's column sums ("ones") or its spectral
     # radius ("power").
     cfg.MODEL.RECURRENT.LCP_TAU = 0.9
+    # How the penalty reduces over the state's elements: "sum" (authors' panoptic code) | "mean".
+    cfg.MODEL.RECURRENT.LCP_REDUCTION = "sum"
     # The penalty's vector: "ones" (the authors': column sums of the Jacobian, blind to entries
     # of opposite signs) | "power" (its dominant left eigenvector by power iteration: bounds the
     # spectral radius; LCP_POWER_ITERS more vector-Jacobian products per step).
     cfg.MODEL.RECURRENT.LCP_VECTOR = "ones"
+    # Power-iteration steps per training step for the penalty's eigenvector (LCP_VECTOR "power").
     cfg.MODEL.RECURRENT.LCP_POWER_ITERS = 5
+
+    # Steps at inference; 0 means TIMESTEPS.
+    cfg.MODEL.RECURRENT.TEST_TIMESTEPS = 0
     # Relative-change tolerance of per-sample halting at inference; 0 disables.
     cfg.MODEL.RECURRENT.HALT_TOL = 0.0
     # How inference iterates to the fixed point: "picard" (the steps training runs) |
@@ -47,28 +52,26 @@ def add_rpanoptic_config(cfg: CN) -> CN:
     cfg.MODEL.RECURRENT.TEST_SOLVER = "picard"
     # Differences Anderson mixing keeps (TEST_SOLVER "anderson").
     cfg.MODEL.RECURRENT.ANDERSON_MEMORY = 5
-    # Raise FloatingPointError naming the layer and step when a state becomes non-finite.
-    cfg.MODEL.RECURRENT.CHECK_FINITE = True
+
     # Run the steps that build no graph through torch.compile (faster after a first call that
     # compiles; on a CPU it needs a C++ compiler; falls back to eager with a warning).
     cfg.MODEL.RECURRENT.COMPILE = False
+    # Raise FloatingPointError naming the layer and step when a state becomes non-finite.
+    cfg.MODEL.RECURRENT.CHECK_FINITE = True
     # Learning-rate multiplier of the recurrent cells' parameters (the optimizer's group lr).
     cfg.MODEL.RECURRENT.LR_FACTOR = 1.0
     # Log recurrence diagnostics (residual, spectral radius, ...) every this many iters; 0: never.
     cfg.MODEL.RECURRENT.DIAGNOSTICS_PERIOD = 100
-
-    # DistributedDataParallel's find_unused_parameters (off: every parameter is used each step).
-    cfg.MODEL.DDP_FIND_UNUSED_PARAMETERS = False
 
     cfg.MODEL.HGRU = CN()
     # Size of the inhibition and excitation kernels (odd).
     cfg.MODEL.HGRU.KERNEL_SIZE = 3
     # Normalisation inside the cell: "GN", "BN", "SyncBN" or "" (none).
     cfg.MODEL.HGRU.NORM = "GN"
-    # Groups of GroupNorm when NORM is "GN"; must divide the channels.
-    cfg.MODEL.HGRU.GN_GROUPS = 32
     # Non-linearity: "softplus", "relu" or "tanh".
     cfg.MODEL.HGRU.NONLINEARITY = "softplus"
+    # Groups of GroupNorm when NORM is "GN"; must divide the channels.
+    cfg.MODEL.HGRU.GN_GROUPS = 32
 
     cfg.MODEL.RFPN = CN()
     # FPN levels that get an hGRU recurrence (build_resnet_rfpn_backbone).
@@ -76,4 +79,7 @@ def add_rpanoptic_config(cfg: CN) -> CN:
     # Initial per-channel scale of each level's recurrent residual p + scale * h (0: starts as
     # the feed-forward FPN, right for fine-tuning a feed-forward checkpoint; 1 for from scratch).
     cfg.MODEL.RFPN.SCALE_INIT = 0.0
+
+    # DistributedDataParallel's find_unused_parameters (off: every parameter is used each step).
+    cfg.MODEL.DDP_FIND_UNUSED_PARAMETERS = False
     return cfg

@@ -10,8 +10,9 @@ OUR_NAMES = ("build_resnet_rfpn_backbone", "RecurrentMaskRCNNConvUpsampleHead")
 
 
 def build_model(cfg):
-    """Validate MODEL.RECURRENT / MODEL.HGRU / MODEL.RFPN (once, here: the components trust
-    them), then build the model.
+    """Validate every rpanoptic key (MODEL.RECURRENT / MODEL.HGRU / MODEL.RFPN, also those the
+    model does not read, such as LCP_WEIGHT), then build the model. The components check the
+    keys they read themselves, so Detectron2's own ``build_model`` names a bad key as well.
 
     A registry miss for one of rpanoptic's names raises KeyError saying to import rpanoptic
     (which registers them) before building the model.

@@ -22,7 +22,9 @@ class RecurrentMaskRCNNConvUpsampleHead(BaseMaskRCNNHead):
 
     When the RoI features have another width than the recurrence (CONV_DIM), a 1x1 conv + ReLU
     projects them first. Reads MODEL.ROI_MASK_HEAD.{CONV_DIM, NORM, CLS_AGNOSTIC_MASK},
-    MODEL.ROI_HEADS.NUM_CLASSES, MODEL.RECURRENT.*, MODEL.HGRU.*.
+    MODEL.ROI_HEADS.NUM_CLASSES, MODEL.RECURRENT.*, MODEL.HGRU.*; a bad value of rpanoptic's
+    keys raises ValueError naming the key, the value and the allowed values (in
+    :func:`~.recurrent_config.build_recurrence`).
     """
 
     @configurable

@@ -1,19 +1,30 @@
-"""Build recurrences from a Detectron2 config, validate their keys, and find them in a model."""
+"""Build recurrences from a Detectron2 config, validate their keys, and find them in a model.
+
+Every key that :func:`rpanoptic.add_rpanoptic_config` adds has one rule and one destination
+here: a key of the engine (MODEL.RECURRENT.*, MODEL.HGRU.*) becomes exactly one argument of
+:class:`Recurrence` or :class:`HGRUCell` and is checked by that argument's own rule; the others
+are read by the Detectron2 layer and carry their rule here. :func:`config_keys` lists them all
+(``docs/CONFIG.md`` is generated from it, see ``config_reference.py``).
+"""
 
 import logging
-from typing import Dict, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from ..recurrence import HGRUCell, Recurrence
-from ..recurrence.arguments import Rule, at_least, is_number
+from ..recurrence.arguments import Rule, at_least, flag, is_number
 from ..recurrence.hgru import ARGUMENTS as HGRU_ARGUMENTS
 from ..recurrence.runner import ARGUMENTS as RECURRENCE_ARGUMENTS
 
 __all__ = [
     "build_recurrence",
     "validate_recurrent_config",
+    "check_key",
+    "check_rfpn_levels",
+    "config_keys",
+    "DERIVED_ARGUMENTS",
     "recurrent_layers",
     "parameter_groups",
     "warn_unhooked_lcp",
@@ -22,35 +33,74 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-
-# config key -> (the engine's rules, the argument the key becomes): the same rule and words
+_ARGUMENT_RULES = {Recurrence: RECURRENCE_ARGUMENTS, HGRUCell: HGRU_ARGUMENTS}
+# config key -> (the engine class, the argument the key becomes), in the classes' signature
+# order; the key is checked by that argument's rule (one rule object, one wording).
 _ENGINE_KEYS = {
-    "MODEL.RECURRENT.GRAD": (RECURRENCE_ARGUMENTS, "grad"),
-    "MODEL.RECURRENT.TIMESTEPS": (RECURRENCE_ARGUMENTS, "timesteps"),
-    "MODEL.RECURRENT.TEST_TIMESTEPS": (RECURRENCE_ARGUMENTS, "test_timesteps"),
-    "MODEL.RECURRENT.NEUMANN_STEPS": (RECURRENCE_ARGUMENTS, "neumann_steps"),
-    "MODEL.RECURRENT.NEUMANN_RTOL": (RECURRENCE_ARGUMENTS, "neumann_rtol"),
-    "MODEL.RECURRENT.BACKWARD_SOLVER": (RECURRENCE_ARGUMENTS, "backward_solver"),
-    "MODEL.RECURRENT.LCP_REDUCTION": (RECURRENCE_ARGUMENTS, "lcp_reduction"),
-    "MODEL.RECURRENT.LCP_TAU": (RECURRENCE_ARGUMENTS, "lcp_tau"),
-    "MODEL.RECURRENT.LCP_VECTOR": (RECURRENCE_ARGUMENTS, "lcp_vector"),
-    "MODEL.RECURRENT.LCP_POWER_ITERS": (RECURRENCE_ARGUMENTS, "lcp_power_iters"),
-    "MODEL.RECURRENT.HALT_TOL": (RECURRENCE_ARGUMENTS, "halt_tol"),
-    "MODEL.RECURRENT.TEST_SOLVER": (RECURRENCE_ARGUMENTS, "test_solver"),
-    "MODEL.RECURRENT.ANDERSON_MEMORY": (RECURRENCE_ARGUMENTS, "anderson_memory"),
-    "MODEL.RECURRENT.COMPILE": (RECURRENCE_ARGUMENTS, "compile_steps"),
-    "MODEL.HGRU.KERNEL_SIZE": (HGRU_ARGUMENTS, "kernel_size"),
-    "MODEL.HGRU.NORM": (HGRU_ARGUMENTS, "norm"),
-    "MODEL.HGRU.GN_GROUPS": (HGRU_ARGUMENTS, "gn_groups"),
-    "MODEL.HGRU.NONLINEARITY": (HGRU_ARGUMENTS, "nonlinearity"),
+    "MODEL.RECURRENT.TIMESTEPS": (Recurrence, "timesteps"),
+    "MODEL.RECURRENT.GRAD": (Recurrence, "grad"),
+    "MODEL.RECURRENT.NEUMANN_STEPS": (Recurrence, "neumann_steps"),
+    "MODEL.RECURRENT.NEUMANN_RTOL": (Recurrence, "neumann_rtol"),
+    "MODEL.RECURRENT.BACKWARD_SOLVER": (Recurrence, "backward_solver"),
+    "MODEL.RECURRENT.LCP_TAU": (Recurrence, "lcp_tau"),
+    "MODEL.RECURRENT.LCP_REDUCTION": (Recurrence, "lcp_reduction"),
+    "MODEL.RECURRENT.LCP_VECTOR": (Recurrence, "lcp_vector"),
+    "MODEL.RECURRENT.LCP_POWER_ITERS": (Recurrence, "lcp_power_iters"),
+    "MODEL.RECURRENT.TEST_TIMESTEPS": (Recurrence, "test_timesteps"),
+    "MODEL.RECURRENT.HALT_TOL": (Recurrence, "halt_tol"),
+    "MODEL.RECURRENT.TEST_SOLVER": (Recurrence, "test_solver"),
+    "MODEL.RECURRENT.ANDERSON_MEMORY": (Recurrence, "anderson_memory"),
+    "MODEL.RECURRENT.COMPILE": (Recurrence, "compile_steps"),
+    "MODEL.RECURRENT.CHECK_FINITE": (Recurrence, "check_finite"),
+    "MODEL.HGRU.KERNEL_SIZE": (HGRUCell, "kernel_size"),
+    "MODEL.HGRU.NORM": (HGRUCell, "norm"),
+    "MODEL.HGRU.NONLINEARITY": (HGRUCell, "nonlinearity"),
+    "MODEL.HGRU.GN_GROUPS": (HGRUCell, "gn_groups"),
 }
-# keys that only the Detectron2 layer reads (the hook, the optimizer, the logging)
-_CONFIG_KEYS = {
-    "MODEL.RECURRENT.LCP_WEIGHT": Rule(lambda v: is_number(v) and v >= 0, "a number >= 0"),
-    "MODEL.RECURRENT.LR_FACTOR": Rule(lambda v: is_number(v) and v > 0, "a number > 0"),
-    "MODEL.RECURRENT.DIAGNOSTICS_PERIOD": at_least(0, "0 disables"),
+# The engine's arguments that no key of their own sets, and where their values come from.
+DERIVED_ARGUMENTS = {
+    "Recurrence(cell)": "the HGRUCell built from MODEL.HGRU.*",
+    "Recurrence(name)": "the layer's module path, e.g. backbone.rfpn.p3.recurrence",
+    "HGRUCell(channels)": (
+        "MODEL.FPN.OUT_CHANNELS (RFPN) or MODEL.ROI_MASK_HEAD.CONV_DIM (mask head)"
+    ),
+    "HGRUCell(timesteps)": "MODEL.RECURRENT.TIMESTEPS (it only initialises the gate biases)",
 }
-_RULES = {**{k: rules[arg] for k, (rules, arg) in _ENGINE_KEYS.items()}, **_CONFIG_KEYS}
+_LEVELS = Rule(
+    lambda v: isinstance(v, (list, tuple)) and all(isinstance(level, str) for level in v),
+    "a list of FPN levels ('p2' ... 'p6' with the default MODEL.FPN.IN_FEATURES); at least one "
+    "with build_resnet_rfpn_backbone",
+)
+# keys the Detectron2 layer reads itself: key -> (its rule, the argument it becomes)
+_CONFIG_KEYS: Dict[str, Tuple[Rule, str]] = {
+    "MODEL.RECURRENT.LCP_WEIGHT": (
+        Rule(lambda v: is_number(v) and v >= 0, "a number >= 0"),
+        "LCPHook(lcp_weight)",
+    ),
+    "MODEL.RECURRENT.LR_FACTOR": (
+        Rule(lambda v: is_number(v) and v > 0, "a number > 0"),
+        "scale_recurrent_lr(factor)",
+    ),
+    "MODEL.RECURRENT.DIAGNOSTICS_PERIOD": (
+        at_least(0, "0 disables"),
+        "LCPHook(period), ParameterStatsHook(period)",
+    ),
+    "MODEL.RFPN.LEVELS": (_LEVELS, "RFPN(recurrences)"),
+    "MODEL.RFPN.SCALE_INIT": (Rule(is_number, "a number"), "RFPN(scale_init)"),
+    "MODEL.DDP_FIND_UNUSED_PARAMETERS": (flag(), "create_ddp_model(find_unused_parameters)"),
+}
+_RULES = {
+    **{key: _ARGUMENT_RULES[owner][arg] for key, (owner, arg) in _ENGINE_KEYS.items()},
+    **{key: rule for key, (rule, _) in _CONFIG_KEYS.items()},
+}
+
+
+def config_keys() -> Dict[str, Tuple[Rule, str]]:
+    """Every key of :func:`rpanoptic.add_rpanoptic_config`: key -> (its rule, the argument it
+    becomes, e.g. ``"Recurrence(grad)"``; several, comma-separated, when several readers take
+    it), the engine's keys first in its signatures' order."""
+    engine = {k: (_RULES[k], f"{o.__name__}({a})") for k, (o, a) in _ENGINE_KEYS.items()}
+    return {**engine, **_CONFIG_KEYS}
 
 
 def _get(cfg, key: str):
@@ -60,68 +110,78 @@ def _get(cfg, key: str):
     return node
 
 
-def validate_recurrent_config(cfg) -> None:
-    """Raise ValueError naming the key, the value and the allowed values for a bad setting."""
+def _require_rpanoptic_keys(cfg) -> None:
     if "RECURRENT" not in cfg.MODEL:
         raise ValueError(
             "The config has no MODEL.RECURRENT: call rpanoptic.add_rpanoptic_config(cfg) before "
             "merging an rpanoptic config file."
         )
-    for key, rule in _RULES.items():
-        value = _get(cfg, key)
-        if not rule.ok(value):
-            raise ValueError(f"Config {key} = {value!r} is invalid; allowed: {rule.allowed}.")
-    rfpn = cfg.MODEL.BACKBONE.NAME == "build_resnet_rfpn_backbone"
-    if rfpn and "RFPN" in cfg.MODEL and not list(cfg.MODEL.RFPN.LEVELS):
+
+
+def check_key(cfg, key: str):
+    """The value of ``key`` in ``cfg``; ValueError naming the key, the value and the allowed
+    values when it breaks its rule."""
+    value, rule = _get(cfg, key), _RULES[key]
+    if not rule.ok(value):
+        raise ValueError(f"Config {key} = {value!r} is invalid; allowed: {rule.allowed}.")
+    return value
+
+
+def check_rfpn_levels(cfg, produced: Optional[Sequence[str]] = None) -> List[str]:
+    """MODEL.RFPN.LEVELS of an RFPN backbone, checked: a list of one or more levels, each one of
+    ``produced`` (the FPN's outputs) when given. ValueError naming the key otherwise."""
+    levels = list(check_key(cfg, "MODEL.RFPN.LEVELS"))
+    if not levels:
         raise ValueError(
             "Config MODEL.RFPN.LEVELS = [] is invalid with MODEL.BACKBONE.NAME = "
             "'build_resnet_rfpn_backbone': it would build no recurrent layer; allowed: one or "
             "more FPN levels such as ['p2', 'p3'] (or use build_resnet_fpn_backbone)."
         )
+    unknown = [level for level in levels if produced is not None and level not in produced]
+    if unknown:
+        raise ValueError(
+            f"Config MODEL.RFPN.LEVELS = {levels} names {unknown}, which this FPN does not "
+            f"produce; allowed: {list(produced)}."
+        )
+    return levels
+
+
+def validate_recurrent_config(cfg) -> None:
+    """Check every key of :func:`config_keys` at once, before anything is built (the components
+    check the keys they read again, so a model built by Detectron2's own ``build_model`` names
+    a bad key too). Raises ValueError naming the key, the value and the allowed values."""
+    _require_rpanoptic_keys(cfg)
+    for key in _RULES:
+        check_key(cfg, key)
+    if cfg.MODEL.BACKBONE.NAME == "build_resnet_rfpn_backbone":
+        check_rfpn_levels(cfg)
+
+
+def _arguments(cfg, owner) -> dict:
+    """{argument: value} of ``owner``'s keys in ``cfg``, each checked by its rule."""
+    return {arg: check_key(cfg, key) for key, (o, arg) in _ENGINE_KEYS.items() if o is owner}
 
 
 def build_recurrence(cfg, channels: int, name: str = "recurrence") -> Recurrence:
     """A :class:`Recurrence` (named ``name``, its module path in the model) of an
-    :class:`HGRUCell` with ``channels``, as MODEL.RECURRENT and
-    MODEL.HGRU say. Reads: MODEL.RECURRENT.{GRAD, TIMESTEPS, TEST_TIMESTEPS, NEUMANN_STEPS,
-    NEUMANN_RTOL, BACKWARD_SOLVER, LCP_TAU, LCP_REDUCTION, LCP_VECTOR, LCP_POWER_ITERS, HALT_TOL,
-    TEST_SOLVER, ANDERSON_MEMORY, CHECK_FINITE, COMPILE},
-    MODEL.HGRU.{KERNEL_SIZE, NORM, GN_GROUPS, NONLINEARITY}. The keys are validated once by
-    :func:`rpanoptic.modeling.build_model` (:func:`validate_recurrent_config`); bad values that
-    reach the engine still fail there, named by argument."""
-    r, g = cfg.MODEL.RECURRENT, cfg.MODEL.HGRU
-    if g.NORM == "GN" and channels % g.GN_GROUPS != 0:
+    :class:`HGRUCell` with ``channels``, as MODEL.RECURRENT and MODEL.HGRU say: each key of
+    ``_ENGINE_KEYS`` becomes its argument. Reads: MODEL.RECURRENT.{TIMESTEPS, GRAD,
+    NEUMANN_STEPS, NEUMANN_RTOL, BACKWARD_SOLVER, LCP_TAU, LCP_REDUCTION, LCP_VECTOR,
+    LCP_POWER_ITERS, TEST_TIMESTEPS, HALT_TOL, TEST_SOLVER, ANDERSON_MEMORY, COMPILE,
+    CHECK_FINITE}, MODEL.HGRU.{KERNEL_SIZE, NORM, NONLINEARITY, GN_GROUPS}.
+
+    Each key is checked here, so the ValueError names the key, its value and the allowed values
+    however the model is built (rpanoptic's ``build_model`` or Detectron2's)."""
+    _require_rpanoptic_keys(cfg)
+    recurrence_args, cell_args = _arguments(cfg, Recurrence), _arguments(cfg, HGRUCell)
+    groups = cell_args["gn_groups"]
+    if cell_args["norm"] == "GN" and channels % groups != 0:
         raise ValueError(
-            f"Config MODEL.HGRU.GN_GROUPS = {g.GN_GROUPS} does not divide the recurrent layer's "
+            f"Config MODEL.HGRU.GN_GROUPS = {groups} does not divide the recurrent layer's "
             f"{channels} channels; allowed: a divisor of {channels}."
         )
-    cell = HGRUCell(
-        channels,
-        kernel_size=g.KERNEL_SIZE,
-        norm=g.NORM,
-        nonlinearity=g.NONLINEARITY,
-        timesteps=r.TIMESTEPS,
-        gn_groups=g.GN_GROUPS,
-    )
-    return Recurrence(
-        cell,
-        r.TIMESTEPS,
-        grad=r.GRAD,
-        neumann_steps=r.NEUMANN_STEPS,
-        lcp_tau=r.LCP_TAU,
-        test_timesteps=r.TEST_TIMESTEPS,
-        halt_tol=r.HALT_TOL,
-        test_solver=r.TEST_SOLVER,
-        anderson_memory=r.ANDERSON_MEMORY,
-        neumann_rtol=r.NEUMANN_RTOL,
-        backward_solver=r.BACKWARD_SOLVER,
-        check_finite=r.CHECK_FINITE,
-        lcp_reduction=r.LCP_REDUCTION,
-        lcp_vector=r.LCP_VECTOR,
-        lcp_power_iters=r.LCP_POWER_ITERS,
-        name=name,
-        compile_steps=r.COMPILE,
-    )
+    cell = HGRUCell(channels, timesteps=recurrence_args["timesteps"], **cell_args)
+    return Recurrence(cell, name=name, **recurrence_args)
 
 
 def recurrent_layers(model: nn.Module) -> Dict[str, Recurrence]:

@@ -1,5 +1,6 @@
 """The recurrent FPN backbone: ResNet + FPN with an hGRU recurrence at chosen levels."""
 
+import math
 from typing import Dict, List, Optional
 
 import torch
@@ -11,9 +12,15 @@ from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 from torch import nn
 
-from .recurrent_config import build_recurrence, warn_unhooked_lcp
+from .recurrent_config import build_recurrence, check_key, check_rfpn_levels, warn_unhooked_lcp
 
-__all__ = ["RecurrentLevel", "RFPN", "build_resnet_rfpn_backbone", "level_recurrences"]
+__all__ = [
+    "RecurrentLevel",
+    "RFPN",
+    "build_resnet_rfpn_backbone",
+    "fpn_levels",
+    "level_recurrences",
+]
 
 
 class RecurrentLevel(nn.Module):
@@ -81,8 +88,8 @@ class RFPN(FPN):
         unknown = [lvl for lvl in recurrences if lvl not in self._out_features]
         if unknown:
             raise ValueError(
-                f"Config MODEL.RFPN.LEVELS = {list(recurrences)} names {unknown}, which this FPN "
-                f"does not produce; allowed: {self._out_features}."
+                f"RFPN: recurrences names the levels {unknown}, which this FPN does not produce; "
+                f"allowed: {self._out_features}."
             )
         self.rfpn = nn.ModuleDict(
             {lvl: RecurrentLevel(rec, out_channels, scale_init) for lvl, rec in recurrences.items()}
@@ -100,19 +107,22 @@ class RFPN(FPN):
 
     @classmethod
     def from_config(cls, cfg, input_shape: ShapeSpec):
-        out_channels = cfg.MODEL.FPN.OUT_CHANNELS
+        """The keys it reads are checked here (named in the error), however the model is built."""
+        out_channels, in_features = cfg.MODEL.FPN.OUT_CHANNELS, cfg.MODEL.FPN.IN_FEATURES
+        bottom_up, top_block = build_resnet_backbone(cfg, input_shape), LastLevelMaxPool()
+        levels = check_rfpn_levels(cfg, fpn_levels(bottom_up, in_features, top_block))
         return {
-            "bottom_up": build_resnet_backbone(cfg, input_shape),
-            "in_features": cfg.MODEL.FPN.IN_FEATURES,
+            "bottom_up": bottom_up,
+            "in_features": in_features,
             "out_channels": out_channels,
             "norm": cfg.MODEL.FPN.NORM,
-            "top_block": LastLevelMaxPool(),
+            "top_block": top_block,
             "fuse_type": cfg.MODEL.FPN.FUSE_TYPE,
             "recurrences": {
                 lvl: build_recurrence(cfg, out_channels, f"backbone.rfpn.{lvl}.recurrence")
-                for lvl in cfg.MODEL.RFPN.LEVELS
+                for lvl in levels
             },
-            "scale_init": cfg.MODEL.RFPN.SCALE_INIT,
+            "scale_init": check_key(cfg, "MODEL.RFPN.SCALE_INIT"),
         }
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -142,6 +152,15 @@ class RFPN(FPN):
         return features
 
 
+def fpn_levels(bottom_up: nn.Module, in_features: List[str], top_block=None) -> List[str]:
+    """The levels an :class:`FPN` on ``bottom_up``'s ``in_features`` outputs: "p<log2 stride>"
+    of each, then the top block's (as ``FPN.__init__`` names them)."""
+    shapes = bottom_up.output_shape()
+    stages = [int(math.log2(shapes[f].stride)) for f in in_features]
+    extra = top_block.num_levels if top_block is not None else 0
+    return [f"p{s}" for s in stages] + [f"p{stages[-1] + 1 + i}" for i in range(extra)]
+
+
 def level_recurrences(**recurrences: nn.Module) -> Dict[str, nn.Module]:
     """{level: recurrence} from keyword arguments: how a LazyConfig passes RFPN's
     ``recurrences`` (``L(level_recurrences)(p3=..., p4=...)``; Detectron2's ``instantiate``
@@ -154,6 +173,7 @@ def build_resnet_rfpn_backbone(cfg, input_shape: ShapeSpec) -> RFPN:
     """ResNet + FPN with an hGRU recurrence on each level of MODEL.RFPN.LEVELS.
 
     Reads the keys of ``build_resnet_fpn_backbone`` (MODEL.RESNETS.*, MODEL.FPN.*) and
-    MODEL.RFPN.LEVELS, MODEL.RFPN.SCALE_INIT, MODEL.RECURRENT.*, MODEL.HGRU.*.
+    MODEL.RFPN.LEVELS, MODEL.RFPN.SCALE_INIT, MODEL.RECURRENT.*, MODEL.HGRU.*; a bad value of
+    rpanoptic's keys raises ValueError naming the key, the value and the allowed values.
     """
     return RFPN(cfg, input_shape)

@@ -1,16 +1,16 @@
 """The engine's argument rules, written once.
 
-:class:`~.runner.Recurrence` and :class:`~.hgru.HGRUCell` check their arguments against
-``RECURRENCE_ARGUMENTS`` and ``HGRU_ARGUMENTS`` (built in their modules from these helpers);
-the Detectron2 layer (``rpanoptic.modeling.recurrent_config``) checks the config keys that become
-those arguments against the same rules, so a rule and the words that explain it exist in one
-place.
+:class:`~.runner.Recurrence` and :class:`~.hgru.HGRUCell` check their arguments against the
+``ARGUMENTS`` table of their modules (``runner.ARGUMENTS``, ``hgru.ARGUMENTS``, built from these
+helpers); the Detectron2 layer (``rpanoptic.modeling.recurrent_config``) checks the config keys
+that become those arguments against the same rules, and ``docs/CONFIG.md`` quotes their
+``allowed`` text, so a rule and the words that explain it exist in one place.
 """
 
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
-__all__ = ["Rule", "is_count", "is_number", "at_least", "one_of", "check_arguments"]
+__all__ = ["Rule", "is_count", "is_number", "at_least", "one_of", "flag", "check_arguments"]
 
 
 def is_count(value) -> bool:
@@ -41,6 +41,11 @@ def one_of(values: Iterable) -> Rule:
     """One of ``values`` (their repr lists the choices)."""
     values = tuple(values)
     return Rule(lambda v: v in values, ", ".join(repr(v) for v in values))
+
+
+def flag() -> Rule:
+    """A bool (an int such as 1 is refused: a typo in a config should not pass as a switch)."""
+    return Rule(lambda v: isinstance(v, bool), "True or False")
 
 
 def check_arguments(owner: str, rules: Mapping[str, Rule], **values) -> None:

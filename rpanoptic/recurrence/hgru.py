@@ -101,7 +101,8 @@ ARGUMENTS: Dict[str, Rule] = {
     "nonlinearity": one_of(NONLINEARITIES),
     "gn_groups": at_least(1),
 }
-"""The rules of :class:`HGRUCell`'s arguments (also applied to the config keys behind them)."""
+"""The rules of :class:`HGRUCell`'s arguments, in its signature's order (also applied to the
+config keys behind them). ``timesteps`` has none: it only spreads the gate biases' start."""
 
 
 class HGRUCell(nn.Module):
@@ -112,6 +113,8 @@ class HGRUCell(nn.Module):
         kernel_size: size k of the inhibition and excitation kernels (odd).
         norm: "GN", "BN", "SyncBN" or "" (none), the normalisation N1..N4.
         nonlinearity: "softplus", "relu" or "tanh", the function f.
+
+    Keyword-only:
         timesteps: N used only to initialise the gate biases (u ~ U(1, N - 1)).
         gn_groups: number of groups when ``norm == "GN"``; must divide ``channels``.
     """

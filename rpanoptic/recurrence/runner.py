@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ._batch import batch_coupled, frozen_running_stats
-from .arguments import Rule, at_least, check_arguments, is_number, one_of
+from .arguments import Rule, at_least, check_arguments, flag, is_number, one_of
 from .compiled import CompiledStep
 from .controls import RecurrenceControls
 from .iterate import anderson_iterate, picard_iterate
@@ -94,25 +94,31 @@ TEST_SOLVERS = ("picard", "anderson")
 
 
 ARGUMENTS: Dict[str, Rule] = {
-    "grad": one_of(GRAD_MODES),
     "timesteps": at_least(1),
+    "grad": one_of(GRAD_MODES),
+    # backward solver
     "neumann_steps": at_least(0),
+    "neumann_rtol": Rule(lambda v: is_number(v) and 0 <= v < 1, "0 <= value < 1"),
+    "backward_solver": one_of(BACKWARD_SOLVERS),
+    # penalty
     "lcp_tau": Rule(
         lambda v: is_number(v) and 0 < v < 1,
         "0 < value < 1 (a contraction; the paper uses 0.9-0.999)",
     ),
-    "test_timesteps": at_least(0, "0: as many as in training"),
-    "halt_tol": Rule(lambda v: is_number(v) and v >= 0, "a number >= 0 (0 disables halting)"),
-    "neumann_rtol": Rule(lambda v: is_number(v) and 0 <= v < 1, "0 <= value < 1"),
     "lcp_reduction": one_of(LCP_REDUCTIONS),
-    "compile_steps": Rule(lambda v: isinstance(v, bool), "True or False"),
     "lcp_vector": one_of(LCP_VECTORS),
     "lcp_power_iters": at_least(1),
-    "backward_solver": one_of(BACKWARD_SOLVERS),
+    # inference
+    "test_timesteps": at_least(0, "0: as many as in training"),
+    "halt_tol": Rule(lambda v: is_number(v) and v >= 0, "a number >= 0 (0 disables halting)"),
     "test_solver": one_of(TEST_SOLVERS),
     "anderson_memory": at_least(1),
+    # runtime
+    "compile_steps": flag(),
+    "check_finite": flag(),
 }
-"""The rules of :class:`Recurrence`'s arguments (also applied to the config keys behind them)."""
+"""The rules of :class:`Recurrence`'s arguments, in its signature's order (also applied to the
+config keys behind them). ``cell`` and ``name`` have none: any module, any string."""
 
 
 class Recurrence(RecurrenceControls, nn.Module):
@@ -122,33 +128,43 @@ class Recurrence(RecurrenceControls, nn.Module):
         cell: any module with ``forward(x, h) -> h_next`` (same shape), e.g. ``HGRUCell``.
         timesteps: N, steps run during training (>= 1).
         grad: "bptt", "cbptt", "rbp" or "crbp" (see the module docstring).
-        neumann_steps: K, terms of the Neumann series after the first (rbp/crbp; >= 0).
-        lcp_tau: tau of the Lipschitz coefficient penalty (cbptt/crbp; 0 < tau < 1).
-        test_timesteps: steps run at inference; 0 means ``timesteps``.
-        halt_tol: relative-change tolerance of per-sample halting at inference; 0 disables.
+
+    The other arguments are keyword-only, in four groups.
+
+    Backward solver (rbp, crbp):
+        neumann_steps: K, terms of the Neumann series after the first (>= 0).
         neumann_rtol: relative tolerance that stops the Neumann series early (0 disables).
-        check_finite: after each forward, check the final state and raise FloatingPointError
-            naming the layer (``name``) and the first non-finite step (one fused check and host
-            sync per forward; on by default).
+        backward_solver: how the K vector-Jacobian products combine: "neumann" (the truncated
+            series, the paper's) or "gmres" (the combination with the smallest residual: the
+            same K products, a smaller gradient error; see ``krylov.py``).
+
+    Penalty (cbptt, crbp):
+        lcp_tau: tau of the Lipschitz coefficient penalty (0 < tau < 1).
         lcp_reduction: "sum" (the authors' panoptic code) or "mean" of the penalty over the
             state's elements (see ``lcp.py``).
         lcp_vector: the penalty's vector: "ones" (the authors', column sums of J) or "power"
             (J's dominant left eigenvector by power iteration, so that the penalty bounds the
             spectral radius; see ``lcp.py``).
         lcp_power_iters: power-iteration steps per training step with ``lcp_vector="power"``.
-        backward_solver: how rbp/crbp combine their K vector-Jacobian products: "neumann"
-            (the truncated series, the paper's) or "gmres" (the combination with the smallest
-            residual: the same K products, a smaller gradient error; see ``krylov.py``).
+
+    Inference:
+        test_timesteps: steps run at inference; 0 means ``timesteps``.
+        halt_tol: relative-change tolerance of per-sample halting; 0 disables.
         test_solver: how inference iterates to the fixed point: "picard" (h_{t+1} = F(x, h_t),
             what training runs) or "anderson" (each step feeds F the combination of its last
             ``anderson_memory`` evaluations with the smallest residual: the same cost per
             step, fewer steps to a halting tolerance; see ``iterate.py``).
         anderson_memory: differences Anderson mixing keeps (>= 1).
-        name: how errors and logs name the layer (rpanoptic's models pass its module path).
+
+    Runtime:
         compile_steps: run the steps that build no graph (the N - 1 steps before the implicit
             one in rbp/crbp, and inference) through ``torch.compile`` (see ``compiled.py``):
             same values, faster after a first call that compiles; eager with a warning when
             compilation fails.
+        check_finite: after each forward, check the final state and raise FloatingPointError
+            naming the layer (``name``) and the first non-finite step (one fused check and host
+            sync per forward; on by default).
+        name: how errors and logs name the layer (rpanoptic's models pass its module path).
 
     After a training forward in "cbptt"/"crbp", ``lcp`` holds the penalty (a scalar tensor in the
     graph); otherwise it is None. After any forward, ``steps`` holds the steps taken per sample,
@@ -162,51 +178,56 @@ class Recurrence(RecurrenceControls, nn.Module):
         cell: nn.Module,
         timesteps: int,
         grad: str = "crbp",
+        *,
+        # backward solver
         neumann_steps: int = 15,
-        lcp_tau: float = 0.9,
-        test_timesteps: int = 0,
-        halt_tol: float = 0.0,
         neumann_rtol: float = 0.0,
-        check_finite: bool = True,
+        backward_solver: str = "neumann",
+        # penalty
+        lcp_tau: float = 0.9,
         lcp_reduction: str = "sum",
-        name: str = "recurrence",
-        compile_steps: bool = False,
         lcp_vector: str = "ones",
         lcp_power_iters: int = 5,
-        backward_solver: str = "neumann",
+        # inference
+        test_timesteps: int = 0,
+        halt_tol: float = 0.0,
         test_solver: str = "picard",
         anderson_memory: int = 5,
+        # runtime
+        compile_steps: bool = False,
+        check_finite: bool = True,
+        name: str = "recurrence",
     ):
         super().__init__()
         check_arguments(
             "Recurrence",
             ARGUMENTS,
-            grad=grad,
             timesteps=timesteps,
+            grad=grad,
             neumann_steps=neumann_steps,
-            lcp_tau=lcp_tau,
-            test_timesteps=test_timesteps,
-            halt_tol=halt_tol,
             neumann_rtol=neumann_rtol,
+            backward_solver=backward_solver,
+            lcp_tau=lcp_tau,
             lcp_reduction=lcp_reduction,
-            compile_steps=compile_steps,
             lcp_vector=lcp_vector,
             lcp_power_iters=lcp_power_iters,
-            backward_solver=backward_solver,
+            test_timesteps=test_timesteps,
+            halt_tol=halt_tol,
             test_solver=test_solver,
             anderson_memory=anderson_memory,
+            compile_steps=compile_steps,
+            check_finite=check_finite,
         )
         self.cell = cell
-        self.test_solver, self.anderson_memory = test_solver, anderson_memory
+        self.timesteps, self.grad = timesteps, grad
+        self.neumann_steps, self.neumann_rtol = neumann_steps, float(neumann_rtol)
         self.backward_solver = backward_solver
-        self.lcp_reduction = lcp_reduction
+        self.lcp_tau, self.lcp_reduction = float(lcp_tau), lcp_reduction
         self.lcp_vector, self.lcp_power_iters = lcp_vector, int(lcp_power_iters)
-        self.timesteps, self.grad, self.neumann_steps = timesteps, grad, neumann_steps
-        self.lcp_tau, self.test_timesteps, self.halt_tol = float(lcp_tau), test_timesteps, halt_tol
-        self.neumann_rtol = float(neumann_rtol)
-        self.check_finite = bool(check_finite)
+        self.test_timesteps, self.halt_tol = test_timesteps, halt_tol
+        self.test_solver, self.anderson_memory = test_solver, anderson_memory
+        self.compile_steps, self.check_finite = compile_steps, check_finite
         self.name = str(name)
-        self.compile_steps = compile_steps
         self._compiled_step = CompiledStep(cell, self.name) if compile_steps else None
         self.lcp: Optional[torch.Tensor] = None
         self.steps: Optional[torch.Tensor] = None
@@ -320,20 +341,18 @@ class Recurrence(RecurrenceControls, nn.Module):
         )
 
     def extra_repr(self) -> str:
-        return (
-            f"timesteps={self.timesteps}, grad={self.grad!r}, neumann_steps={self.neumann_steps}, "
-            f"lcp_tau={self.lcp_tau}, lcp_reduction={self.lcp_reduction!r}, "
-            f"test_timesteps={self.test_timesteps}, halt_tol={self.halt_tol}"
-            + (", compile_steps=True" if self.compile_steps else "")
-            + (", backward_solver='gmres'" if self.backward_solver == "gmres" else "")
-            + (
-                f", test_solver='anderson', anderson_memory={self.anderson_memory}"
-                if self.test_solver == "anderson"
-                else ""
-            )
-            + (
-                f", lcp_vector='power', lcp_power_iters={self.lcp_power_iters}"
-                if self.lcp_vector == "power"
-                else ""
-            )
-        )
+        """The arguments in the signature's order; non-default choices of a solver, the penalty's
+        vector or compilation only when set."""
+        parts = [f"timesteps={self.timesteps}, grad={self.grad!r}"]
+        parts.append(f"neumann_steps={self.neumann_steps}")
+        if self.backward_solver == "gmres":
+            parts.append("backward_solver='gmres'")
+        parts.append(f"lcp_tau={self.lcp_tau}, lcp_reduction={self.lcp_reduction!r}")
+        if self.lcp_vector == "power":
+            parts.append(f"lcp_vector='power', lcp_power_iters={self.lcp_power_iters}")
+        parts.append(f"test_timesteps={self.test_timesteps}, halt_tol={self.halt_tol}")
+        if self.test_solver == "anderson":
+            parts.append(f"test_solver='anderson', anderson_memory={self.anderson_memory}")
+        if self.compile_steps:
+            parts.append("compile_steps=True")
+        return ", ".join(parts)

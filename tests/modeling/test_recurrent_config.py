@@ -3,7 +3,7 @@ engine's own rules), and a diverging recurrence named by its layer."""
 
 import pytest
 import torch
-from _detectron import RFPN, fake_batch, tiny_cfg
+from _detectron import RFPN, RMASK, fake_batch, tiny_cfg
 
 from rpanoptic.modeling import build_model
 from rpanoptic.recurrence import HGRUCell, Recurrence
@@ -38,14 +38,161 @@ def test_bad_config_values_name_key_value_and_choices(key, value, pattern):
 def test_config_keys_are_checked_by_the_engines_own_rules():
     import inspect
 
-    from rpanoptic.modeling.recurrent_config import _ENGINE_KEYS, _RULES
+    from rpanoptic.modeling.recurrent_config import _ARGUMENT_RULES, _ENGINE_KEYS, _RULES
     from rpanoptic.recurrence.hgru import ARGUMENTS as HGRU_ARGUMENTS
     from rpanoptic.recurrence.runner import ARGUMENTS as RECURRENCE_ARGUMENTS
 
-    for key, (rules, argument) in _ENGINE_KEYS.items():
-        assert _RULES[key] is rules[argument], key  # one rule object, not a copy
+    for key, (owner, argument) in _ENGINE_KEYS.items():
+        assert _RULES[key] is _ARGUMENT_RULES[owner][argument], key  # one rule object, not a copy
     for owner, rules in ((Recurrence, RECURRENCE_ARGUMENTS), (HGRUCell, HGRU_ARGUMENTS)):
         assert set(rules) <= set(inspect.signature(owner).parameters), owner
+
+
+def test_every_engine_argument_maps_to_exactly_one_config_key():
+    """Each argument of Recurrence and HGRUCell is set by exactly one key (the few that a key of
+    their own does not set are listed, with where they come from, in DERIVED_ARGUMENTS); the
+    keys and the rule tables follow the signatures' order."""
+    import inspect
+
+    from rpanoptic.modeling.recurrent_config import (
+        _ARGUMENT_RULES,
+        _ENGINE_KEYS,
+        DERIVED_ARGUMENTS,
+        config_keys,
+    )
+
+    for owner in (Recurrence, HGRUCell):
+        signature = list(inspect.signature(owner).parameters)
+        keys = {
+            arg: [k for k, (o, a) in _ENGINE_KEYS.items() if (o, a) == (owner, arg)]
+            for arg in signature
+        }
+        for arg, found in keys.items():
+            derived = f"{owner.__name__}({arg})" in DERIVED_ARGUMENTS
+            assert len(found) == (0 if derived else 1), (owner, arg, found)
+        in_table = [a for o, a in _ENGINE_KEYS.values() if o is owner]
+        assert in_table == [a for a in signature if a in in_table], owner  # signature order
+        rules = list(_ARGUMENT_RULES[owner])
+        assert rules == [a for a in signature if a in rules], owner
+    assert all(f"{o.__name__}({a})" not in DERIVED_ARGUMENTS for o, a in _ENGINE_KEYS.values())
+    for key, (owner, arg) in _ENGINE_KEYS.items():
+        assert config_keys()[key][1] == f"{owner.__name__}({arg})"
+
+
+def test_every_engine_key_reaches_its_argument():
+    """build_recurrence passes each key's value to its argument: a non-default value of every
+    engine key shows up on the built Recurrence / HGRUCell."""
+    from rpanoptic.modeling.recurrent_config import _ENGINE_KEYS, build_recurrence
+
+    values = {
+        "MODEL.RECURRENT.TIMESTEPS": 4,
+        "MODEL.RECURRENT.GRAD": "cbptt",
+        "MODEL.RECURRENT.NEUMANN_STEPS": 7,
+        "MODEL.RECURRENT.NEUMANN_RTOL": 0.25,
+        "MODEL.RECURRENT.BACKWARD_SOLVER": "gmres",
+        "MODEL.RECURRENT.LCP_TAU": 0.5,
+        "MODEL.RECURRENT.LCP_REDUCTION": "mean",
+        "MODEL.RECURRENT.LCP_VECTOR": "power",
+        "MODEL.RECURRENT.LCP_POWER_ITERS": 2,
+        "MODEL.RECURRENT.TEST_TIMESTEPS": 9,
+        "MODEL.RECURRENT.HALT_TOL": 0.125,
+        "MODEL.RECURRENT.TEST_SOLVER": "anderson",
+        "MODEL.RECURRENT.ANDERSON_MEMORY": 3,
+        "MODEL.RECURRENT.COMPILE": True,
+        "MODEL.RECURRENT.CHECK_FINITE": False,
+        "MODEL.HGRU.KERNEL_SIZE": 5,
+        "MODEL.HGRU.NORM": "BN",
+        "MODEL.HGRU.NONLINEARITY": "tanh",
+        "MODEL.HGRU.GN_GROUPS": 4,
+    }
+    assert set(values) == set(_ENGINE_KEYS)
+    opts = [item for pair in values.items() for item in pair]
+    rec = build_recurrence(tiny_cfg(RFPN, *opts), 8, name="probe")
+    seen = {
+        "timesteps": rec.timesteps,
+        "grad": rec.grad,
+        "neumann_steps": rec.neumann_steps,
+        "neumann_rtol": rec.neumann_rtol,
+        "backward_solver": rec.backward_solver,
+        "lcp_tau": rec.lcp_tau,
+        "lcp_reduction": rec.lcp_reduction,
+        "lcp_vector": rec.lcp_vector,
+        "lcp_power_iters": rec.lcp_power_iters,
+        "test_timesteps": rec.test_timesteps,
+        "halt_tol": rec.halt_tol,
+        "test_solver": rec.test_solver,
+        "anderson_memory": rec.anderson_memory,
+        "compile_steps": rec.compile_steps,
+        "check_finite": rec.check_finite,
+        "kernel_size": rec.cell.w_inh.shape[-1],
+        "norm": "BN" if isinstance(rec.cell.norms[0], torch.nn.BatchNorm2d) else "other",
+        "nonlinearity": "tanh" if rec.cell.nonlinearity is torch.tanh else "other",
+    }
+    for key, (_, arg) in _ENGINE_KEYS.items():
+        if arg != "gn_groups":  # BN has no groups: checked below with GN
+            assert seen[arg] == values[key], (key, arg)
+    assert rec.name == "probe"
+    gn = build_recurrence(tiny_cfg(RFPN, "MODEL.HGRU.GN_GROUPS", 4), 8).cell.norms[0]
+    assert isinstance(gn, torch.nn.GroupNorm) and gn.num_groups == 4
+
+
+@pytest.mark.parametrize(
+    "config, key, value, pattern",
+    [
+        (RFPN, "MODEL.RECURRENT.GRAD", "bogus", r"MODEL.RECURRENT.GRAD = 'bogus'.*'bptt'.*'crbp'"),
+        (RFPN, "MODEL.RECURRENT.LCP_TAU", 1.5, r"MODEL.RECURRENT.LCP_TAU = 1.5.*0 < value < 1"),
+        (RFPN, "MODEL.RECURRENT.TIMESTEPS", 0, r"MODEL.RECURRENT.TIMESTEPS = 0.*>= 1"),
+        (RFPN, "MODEL.HGRU.NORM", "LN", r"MODEL.HGRU.NORM = 'LN'.*'GN'"),
+        (RFPN, "MODEL.RFPN.LEVELS", ["p7"], r"MODEL.RFPN.LEVELS = \['p7'\].*'p7'.*allowed.*'p6'"),
+        (RFPN, "MODEL.RFPN.LEVELS", [], r"MODEL.RFPN.LEVELS = \[\].*no recurrent layer"),
+        (RFPN, "MODEL.RFPN.SCALE_INIT", "one", r"MODEL.RFPN.SCALE_INIT = 'one'.*a number"),
+        (RMASK, "MODEL.RECURRENT.GRAD", "bogus", r"MODEL.RECURRENT.GRAD = 'bogus'.*'crbp'"),
+        (RMASK, "MODEL.RECURRENT.HALT_TOL", -1.0, r"MODEL.RECURRENT.HALT_TOL = -1.0.*>= 0"),
+    ],
+)
+def test_detectron2s_own_build_model_names_the_bad_key(config, key, value, pattern):
+    """A project that builds the model with detectron2.modeling.build_model (no rpanoptic
+    validation first) gets the key, the value and the allowed values from the components."""
+    from detectron2.modeling import build_model as d2_build_model
+
+    cfg = tiny_cfg(config)
+    node, name = key.rsplit(".", 1)
+    parent = cfg
+    for part in node.split("."):
+        parent = parent[part]
+    parent[name] = value  # set directly: yacs would refuse a value of another type
+    with pytest.raises(ValueError, match=pattern):
+        d2_build_model(cfg)
+
+
+def test_explicit_arguments_are_named_by_argument():
+    """LazyConfig-style construction (no CfgNode) keeps the engine's own errors, which name the
+    argument: no config key is involved."""
+    from detectron2.config import LazyCall as L
+    from detectron2.config import instantiate
+    from detectron2.layers import ShapeSpec
+    from detectron2.modeling.backbone.fpn import LastLevelMaxPool
+    from detectron2.modeling.backbone.resnet import build_resnet_backbone
+
+    from rpanoptic.modeling import RFPN as RFPNBackbone
+
+    cell = L(HGRUCell)(channels=8, gn_groups=4)
+    with pytest.raises(ValueError, match=r"^Recurrence: grad='bogus' is invalid.*'crbp'") as e:
+        instantiate(L(Recurrence)(cell=cell, timesteps=2, grad="bogus"))
+    assert "MODEL." not in str(e.value)
+    with pytest.raises(ValueError, match=r"^HGRUCell: kernel_size=4 is invalid.*odd"):
+        instantiate(L(HGRUCell)(channels=8, kernel_size=4, gn_groups=4))
+    bottom_up = build_resnet_backbone(tiny_cfg(RFPN), ShapeSpec(channels=3))
+    rec = Recurrence(HGRUCell(32, gn_groups=8), timesteps=2)
+    with pytest.raises(ValueError, match=r"^RFPN: recurrences names the levels \['p7'\]") as e:
+        RFPNBackbone(
+            bottom_up=bottom_up,
+            in_features=["res2", "res3", "res4", "res5"],
+            out_channels=32,
+            top_block=LastLevelMaxPool(),
+            recurrences={"p7": rec},
+        )
+    assert "MODEL." not in str(e.value)
 
 
 def test_divergence_names_layer_and_step():

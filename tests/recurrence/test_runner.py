@@ -145,6 +145,7 @@ def test_no_host_synchronisation_in_rbp_backward(norm, rtol, solver):
         (dict(test_timesteps=-2), r"test_timesteps=-2"),
         (dict(halt_tol=-0.1), r"halt_tol=-0.1"),
         (dict(neumann_rtol=1.5), r"neumann_rtol=1.5"),
+        (dict(check_finite=1), r"check_finite=1.*True or False"),
     ],
 )
 def test_bad_arguments_name_the_argument(kwargs, pattern):
@@ -152,6 +153,31 @@ def test_bad_arguments_name_the_argument(kwargs, pattern):
     args.update(kwargs)
     with pytest.raises(ValueError, match=pattern):
         Recurrence(LinearCell(0.5), **args)
+
+
+def test_options_after_grad_are_keyword_only():
+    """Recurrence(cell, timesteps, grad, *, ...) and HGRUCell(channels, kernel_size, norm,
+    nonlinearity, *, ...): a positional option is a TypeError, the public keyword forms work."""
+    import inspect
+
+    cell = LinearCell(0.5)
+    with pytest.raises(TypeError, match="positional"):
+        Recurrence(cell, 3, "crbp", 15)
+    rec = Recurrence(
+        cell, 3, grad="crbp", neumann_steps=15, lcp_tau=0.9, test_timesteps=0, halt_tol=0.0
+    )
+    assert (rec.grad, rec.neumann_steps, rec.lcp_tau, rec.halt_tol) == ("crbp", 15, 0.9, 0.0)
+    assert Recurrence(cell, 3, "rbp").grad == "rbp"
+    hgru = HGRUCell(8, 3, "GN", "softplus", gn_groups=4)
+    assert hgru.channels == 8 and hgru.w_inh.shape[-1] == 3
+    with pytest.raises(TypeError, match="positional"):
+        HGRUCell(8, 3, "GN", "softplus", 8)
+    for owner, positional in (
+        (Recurrence, ["cell", "timesteps", "grad"]),
+        (HGRUCell, ["channels", "kernel_size", "norm", "nonlinearity"]),
+    ):
+        params = inspect.signature(owner).parameters.values()
+        assert [p.name for p in params if p.kind != p.KEYWORD_ONLY] == positional, owner
 
 
 def test_rbp_gradient_reaches_input_and_parameters_only():
