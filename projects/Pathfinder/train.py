@@ -1,11 +1,11 @@
 #!/usr/bin/env python
 """Train one Pathfinder model (hGRU in one of the four learning modes, or a feed-forward
-baseline) on a set made by datasets/prepare_pathfinder.py, then evaluate it: accuracy at the
+baseline) on a set made by projects/Pathfinder/prepare_data.py, then evaluate it: accuracy at the
 inference step counts (default 1, N/2, N, 2N, 3N, 40), the drift ||h_T - h_N|| / ||h_N||, the
 spectral radius at h_N, memory kept for backward and step time. Writes
 <output-dir>/result.json; resumes from <output-dir>/checkpoint.pth.
 
-  python datasets/prepare_pathfinder.py --difficulty easy
+  python projects/Pathfinder/prepare_data.py --difficulty easy
   python projects/Pathfinder/train.py --data datasets/pathfinder/easy_64px_seed0 --grad crbp
   python projects/Pathfinder/train.py --data ... --model ff --blocks 8
 """
@@ -21,7 +21,7 @@ from pathfinder.train import PathfinderRun, run_and_report
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--data", required=True, help="a folder made by prepare_pathfinder.py")
+    p.add_argument("--data", required=True, help="a folder made by prepare_data.py")
     p.add_argument("--output-dir", default="", help="default: output/pathfinder/<settings>")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:<index>")

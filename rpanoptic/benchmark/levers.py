@@ -1,4 +1,4 @@
-"""Issue 14's levers against the project's hGRU cell, interleaved in one process so that the
+"""Speed levers tried against the project's hGRU cell, interleaved in one process so that the
 variants see the same load. Three time one C-RBP training step each (N = 20, K = 15):
 
 - ``--lever fused``: the step's element-wise arithmetic written with fused operators
@@ -10,7 +10,7 @@ variants see the same load. Three time one C-RBP training step each (N = 20, K =
   (``Recurrence(compile_steps=True)``; the first, compiling, step is dropped).
 
 ``--with-bptt`` adds a BPTT-20 step of the plain cell to the same loop and prints each step's
-ratio to it, issue 14's reference.
+ratio to it, the speed goals' reference.
 
 Two time only the part of the step they change:
 
@@ -22,7 +22,7 @@ Two time only the part of the step they change:
   ``torch.compile`` (AOTAutograd) and the cell's parameters held constant, so that the compiled
   backward computes no weight gradients, against the eager graph the engine builds.
 
-Prints the medians and their ratios (README, Benchmarks, says which levers were kept).
+Prints the medians and their ratios (docs/BENCHMARKS.md says which levers were kept).
 
   python tools/benchmark.py levers --lever fused --repeats 6 --threads 1
 """

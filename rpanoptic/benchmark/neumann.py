@@ -1,4 +1,4 @@
-"""What fewer Neumann terms save and what they cost in gradient error (issue 14's
+"""What fewer Neumann terms save and what they cost in gradient error (the
 ``NEUMANN_RTOL`` lever).
 
 For one hGRU recurrence trained with RBP on the loss <h_N, v> (v a fixed random direction, so

@@ -1,5 +1,5 @@
 """The fixed model lists of ``tools/benchmark.py model --suite`` and how their rows become ratios to
-the feed-forward model (per round with ``--rounds``) and issue 14's goals."""
+the feed-forward model (per round with ``--rounds``) and the speed goals (docs/BENCHMARKS.md)."""
 
 import statistics
 

@@ -15,7 +15,7 @@ much of the gradient out (55% of a fresh 256-channel hGRU's parameter gradient,
 ``tools/benchmark.py solvers``), and halving the error costs many more terms. GMRES converges
 with the spread of J's spectrum instead. On that fresh cell it reaches the series' K = 15 error
 with 4 products; on a trained Pathfinder hGRU, whose spectrum is spread to near 1, it gains
-little before K = 30 (the README's Benchmarks give both).
+little before K = 30 (docs/BENCHMARKS.md gives both).
 
 The variant here (per group, see ``_batch``: each sample, or the whole batch when the cell
 couples samples):

@@ -73,7 +73,7 @@ MODELS: Dict[str, Dict] = {
     "hgru_crbp_power_n20": dict(model="hgru", grad="crbp", lcp_vector="power", timesteps=20),
     # The same with the K = 15 products combined by GMRES (recurrence/krylov.py) instead of
     # summed: the same products; whether the gradient gets nearer the implicit one depends on
-    # the Jacobian's spectrum (at the trained cell it hardly does, README Benchmarks).
+    # the Jacobian's spectrum (at the trained cell it hardly does: docs/BENCHMARKS.md).
     "hgru_crbp_power_n20_gmres": dict(
         model="hgru", grad="crbp", lcp_vector="power", timesteps=20, backward_solver="gmres"
     ),
