@@ -22,11 +22,11 @@ Defaults (about 3.5 minutes on 2 CPU cores for both modes): 32 px images with 2-
 32-64 steps, N = 8 training steps, evaluation up to t = 40; 16 hGRU channels, 5x5 kernels (about
 two pixels per convolution, two convolutions per step); Adam at 1e-2 with cosine decay over 400
 iterations of batch 32. C-RBP uses K = 15 Neumann terms and the LCP with tau = 0.9 and weight
-100: this demo averages the LCP over state elements (the engine's default sums it), and with weight 1 it stayed around 1e-4 and
-did not keep the cell contractive here (spectral radius of dF/dh above 1 at the state reached,
-and a training collapse near the end at a constant learning rate); with 100 the spectral radius
-stays below 1. The summary reports that radius and the fixed-point residual at N and at the
-last t, for both modes.
+100: this demo averages the LCP over state elements (the engine's default sums it), and with
+weight 1 it stayed around 1e-4 and did not keep the cell contractive here (spectral radius of
+dF/dh above 1 at the state reached, and a training collapse near the end at a constant learning
+rate); with 100 the spectral radius stays below 1. The summary reports that radius and the
+fixed-point residual at N and at the last t, for both modes.
 
 Writes to --output-dir: ``metrics.csv`` (IoU per mode and step), ``iou_vs_steps.png``,
 ``unfolding.png`` (examples: input, target and predictions as the steps unfold) and

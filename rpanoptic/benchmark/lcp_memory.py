@@ -7,9 +7,9 @@ crbp under a memory cap (torch.cuda.set_per_process_memory_fraction). Then the p
 penalty alone on the cell: the vector-Jacobian product, and its double backward, with and
 without cuDNN. Prints a table and writes --csv.
 
-What it showed on an H100 (results/benchmarks/cuda_lcp_memory_h100_*.csv): the penalty's
-double backward lets cuDNN choose algorithms whose workspace grows with the free memory (9.7 GB at 2 x 256 x 128 x 128);
-under a cap it falls back to others and the same step peaks at 1.6 GB.
+What it showed on an H100 (results/benchmarks/cuda_lcp_memory_h100_*.csv): the penalty's double
+backward lets cuDNN choose algorithms whose workspace grows with the free memory (9.7 GB at 2 x
+256 x 128 x 128); under a cap it falls back to others and the same step peaks at 1.6 GB.
 
   python tools/benchmark.py lcp-memory --shape 2,256,128,128 --cap-gb 4.8 --csv out.csv
 """

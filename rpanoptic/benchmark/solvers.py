@@ -20,8 +20,8 @@ mean(h^2) + LCP, backward) is then timed for each of
 
 interleaved in one process so that all see the same load (medians of ``--repeats``, the first
 dropped), with the memory each keeps for backward (``SavedTensorMeter``). It prints both tables
-and the ratios of the engine's speed goals (docs/BENCHMARKS.md), and writes ``errors.csv``, ``times.csv`` and
-``solvers.png`` to ``--output-dir``.
+and the ratios of the engine's speed goals (docs/BENCHMARKS.md), and writes ``errors.csv``,
+``times.csv`` and ``solvers.png`` to ``--output-dir``.
 
 ``projects/Pathfinder/solvers.py`` runs the same on a trained Pathfinder hGRU and its drive.
 
