@@ -7,7 +7,7 @@ with --unfold (the prediction at those step counts), and summary.csv (per image:
 seconds and the steps each recurrent layer took). A video in gives <stem>.mp4 out.
 
   python tools/predict.py --config-file configs/Synthetic/panoptic_rfpn_R_18_crbp.yaml \\
-      --input datasets/synthetic_panoptic/val/images --output output/predict \\
+      --input datasets/synthetic_panoptic/val --output output/predict \\
       --unfold 1,2,5,10,20 MODEL.WEIGHTS output/demo/model_final.pth
   python tools/predict.py --config-file C --input 'photos/*.jpg' --output out \\
       --timesteps 20 --halt-tol 0.01 MODEL.WEIGHTS W

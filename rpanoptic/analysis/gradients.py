@@ -17,12 +17,12 @@ import contextlib
 from typing import Dict, List, Sequence
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import build_detection_train_loader
 from detectron2.utils.events import EventStorage
 from torch import nn
 
 from ..data import SceneSpec, ensure_synthetic_dataset
+from ..engine.checkpoint import load_weights
 from ..engine.setup import get_rpanoptic_cfg
 from ..modeling import build_model
 from ..modeling.recurrent_config import norm_of, parameter_groups, recurrent_layers
@@ -115,7 +115,7 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     model = build_model(cfg).train()
     if cfg.MODEL.WEIGHTS:
-        DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+        load_weights(model, cfg)  # weights only, unless unpickling was opted into
     batch = next(iter(build_detection_train_loader(cfg)))
     with EventStorage(0):  # Detectron2's losses log to an event storage
         grads = gradients_by_mode(

@@ -11,7 +11,7 @@ import types
 import numpy as np
 import pytest
 import torch
-from _detectron import RFPN, tiny_cfg
+from _detectron import RFPN, TINY, tiny_cfg
 from _experiments import ROOT
 from detectron2.engine import hooks as d2_hooks
 from PIL import Image
@@ -284,3 +284,19 @@ def test_demo_stops_on_a_dataset_of_another_recipe(tmp_path, monkeypatch):
     assert demo.main(["--train", "2", "--val", "1", "--output-dir", str(tmp_path / "o")]) == 2
     assert open(os.path.join(folder, "generator.json")).read() == before
     assert not os.path.exists(tmp_path / "o")
+
+
+def test_the_gradient_analysis_loads_weights_safely(tmp_path, marker):
+    """tools/analyze.py gradients loads MODEL.WEIGHTS through the safe checkpointer, before it
+    reads any data: a crafted .pkl is refused, naming the file, and runs nothing."""
+    from rpanoptic.analysis import gradients
+
+    path = tmp_path / "evil.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"model": {"w": np.ones(2)}, "__author__": "x", "p": _Payload(marker)}, f)
+    tiny = [str(v) for v in TINY[4:]]  # after MODEL.DEVICE and MODEL.WEIGHTS
+    argv = ["--config-file", RFPN, "--output", str(tmp_path / "g.csv"), *tiny]
+    argv += ["MODEL.WEIGHTS", str(path)]
+    with pytest.raises(RuntimeError, match=rf"{path}.*refused global"):
+        gradients.main(argv)
+    assert not os.path.exists(tmp_path / "g.csv")
