@@ -6,7 +6,9 @@ hard sets at 5-120 steps and with per-sample halting.
 
 Each run is one result file under --results (a rerun skips it: the command resumes), and its
 final weights are kept under --keep (tens of kB each, committed) so that the zero-shot
-evaluation can be made again and extended without retraining. Then writes, under --results:
+evaluation can be made again and extended without retraining. A run cut off by the end of a
+session resumes from its checkpoint under --output, or, on another machine, from the copy that
+--save-partial leaves under --keep (commit it). Then writes, under --results:
 geometry.md, summary.md/.csv, paired_tests.csv, zero_shot.csv/.md, report.md and the pictures.
 
   python projects/Pathfinder/regime.py                          # everything missing, then report
@@ -20,7 +22,14 @@ import sys
 import torch
 from compare import make_set
 from compare import parse_args as compare_args
-from pathfinder.compare import BASE, kept_path, plot_comparison, run_comparison, summarize
+from pathfinder.compare import (
+    BASE,
+    kept_path,
+    plot_comparison,
+    run_comparison,
+    save_partial,
+    summarize,
+)
 from pathfinder.regime import EQUAL_MEMORY, ZERO_SHOT, geometry_rows, zero_shot_rows
 from pathfinder.regime_report import (
     markdown_table,
@@ -51,6 +60,12 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--no-report", action="store_true", help="train and evaluate only")
+    p.add_argument(
+        "--save-partial",
+        action="store_true",
+        help="only copy unfinished runs' checkpoints next to the kept weights (commit them: the "
+        "next session resumes from them)",
+    )
     return p.parse_args(argv)
 
 
@@ -136,6 +151,11 @@ def main(argv=None) -> int:
         return 2
     seeds = [int(s) for s in args.seeds.split(",") if s]
     only = {m for m in args.models.split(",") if m}
+    if args.save_partial:
+        for part in [PARTS[n] for n in names]:
+            for path in save_partial(args.output, args.keep, part.sets, part.models, seeds):
+                print(f"wrote {path}")
+        return 0
     try:
         if not args.report_only:
             train(args, [PARTS[n] for n in names], seeds, only)

@@ -35,6 +35,8 @@ __all__ = [
     "run_comparison",
     "keep_weights",
     "kept_path",
+    "partial_path",
+    "save_partial",
     "BASE",
     "load_results",
     "reach_counts",
@@ -155,12 +157,19 @@ def run_comparison(
                     continue
                 run = replace(base, **MODELS[model], seed=seed)
                 out = os.path.join(output, set_name, f"{model}_s{seed}")
+                saved = partial_path(keep, set_name, model, seed) if keep else ""
+                resumable = os.path.join(out, "checkpoint.pth")
+                if saved and os.path.isfile(saved) and not os.path.isfile(resumable):
+                    os.makedirs(out, exist_ok=True)  # resume where another session stopped
+                    shutil.copyfile(saved, resumable)
+                    log(f"resume {set_name}/{model} seed {seed} from {saved}")
                 log(f"run {set_name}/{model} seed {seed} -> {out}")
                 extra = partial(_trained_record, run)
                 run_and_report(run, root, out, log, device=device, extra=extra)
                 if keep:
-                    checkpoint = os.path.join(out, "checkpoint.pth")
-                    keep_weights(checkpoint, kept_path(keep, set_name, model, seed))
+                    keep_weights(resumable, kept_path(keep, set_name, model, seed))
+                    if os.path.isfile(saved):
+                        os.remove(saved)
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 shutil.copyfile(os.path.join(out, "result.json"), target + ".tmp")
                 os.replace(target + ".tmp", target)
@@ -171,6 +180,31 @@ def run_comparison(
 def kept_path(keep: str, set_name: str, model: str, seed: int) -> str:
     """Where ``run_comparison(..., keep=keep)`` keeps a finished run's weights."""
     return os.path.join(keep, set_name, f"{model}_s{seed}.pth")
+
+
+def partial_path(keep: str, set_name: str, model: str, seed: int) -> str:
+    """Where :func:`save_partial` keeps an unfinished run's whole checkpoint (optimizer state
+    included), from which ``run_comparison(..., keep=keep)`` resumes it in another session."""
+    return kept_path(keep, set_name, model, seed)[: -len(".pth")] + ".partial.pth"
+
+
+def save_partial(output: str, keep: str, sets, models, seeds) -> List[str]:
+    """Copy the checkpoint of every unfinished run of ``sets`` x ``models`` x ``seeds`` under
+    ``output`` to its :func:`partial_path` (for a run cut off by the end of a session: commit
+    the files, and the next session resumes them). Returns the files written."""
+    written = []
+    for set_name in sets:
+        for model in models:
+            for seed in seeds:
+                source = os.path.join(output, set_name, f"{model}_s{seed}", "checkpoint.pth")
+                if not os.path.isfile(source) or os.path.isfile(
+                    kept_path(keep, set_name, model, seed)
+                ):
+                    continue
+                target = partial_path(keep, set_name, model, seed)
+                atomic_write(target, lambda f, source=source: f.write(open(source, "rb").read()))
+                written.append(target)
+    return written
 
 
 def keep_weights(checkpoint: str, path: str) -> None:

@@ -192,6 +192,7 @@ def test_report_only_from_result_files(tmp_path, capsys):
     finally:
         sys.path.remove(PROJECT)
     argv = ["--report-only", "--results", results, "--data-root", str(tmp_path / "none")]
+    argv += ["--output", str(tmp_path / "no_checkpoints")]
     assert tool.main(argv) == 0
     report = open(os.path.join(results, "report.md")).read()
     assert "## Geometry" in report and "hgru_crbp_power_k9_n20 @ n" in report
@@ -199,3 +200,47 @@ def test_report_only_from_result_files(tmp_path, capsys):
     assert os.path.getsize(os.path.join(results, "zero_shot.png")) > 0
     assert os.path.isfile(os.path.join(results, "paired_tests.csv"))
     assert tool.main(["--parts", "nope", "--results", results]) == 2
+
+
+def test_a_run_cut_off_resumes_in_another_session_from_its_saved_partial(
+    kept, tmp_path, monkeypatch
+):
+    """A run stopped after its first checkpoint: save_partial copies that checkpoint next to the
+    kept weights; run_comparison on a new output folder (another machine) resumes from it and
+    ends with the weights of an uninterrupted run, and the partial copy is removed."""
+    from pathfinder.compare import partial_path, save_partial
+
+    roots = kept[0]
+    run = PathfinderRun(**{**TINY.__dict__, "iters": 4, "checkpoint_period": 2})
+    sets, model = {"medium": roots["medium"]}, "hgru_bptt_k9_n6"
+    quiet = dict(log=lambda line: None)
+    whole_keep = str(tmp_path / "whole_keep")
+    run_comparison(sets, run, str(tmp_path / "r0"), str(tmp_path / "o0"), [model], [0],
+                   keep=whole_keep, **quiet)  # fmt: skip
+    step, calls = torch.optim.Adam.step, []
+
+    def dying_step(self, *a, **k):  # the third step dies: the checkpoint of iteration 2 is kept
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return step(self, *a, **k)
+
+    keep, results = str(tmp_path / "keep"), str(tmp_path / "r1")
+    monkeypatch.setattr(torch.optim.Adam, "step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        run_comparison(sets, run, results, str(tmp_path / "o1"), [model], [0], keep=keep, **quiet)
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    assert save_partial(str(tmp_path / "o1"), keep, sets, [model, "ff"], [0, 1]) == [
+        partial_path(keep, "medium", model, 0)
+    ]
+    lines = []
+    run_comparison(sets, run, results, str(tmp_path / "o2"), [model], [0], keep=keep,
+                   log=lines.append)  # fmt: skip
+    assert any(line.startswith("resume medium/hgru_bptt_k9_n6 seed 0") for line in lines)
+    assert not os.path.exists(partial_path(keep, "medium", model, 0))
+    a = torch.load(kept_path(whole_keep, "medium", model, 0), weights_only=True)["model"]
+    b = torch.load(kept_path(keep, "medium", model, 0), weights_only=True)["model"]
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    # A finished run has nothing to save.
+    assert save_partial(str(tmp_path / "o2"), keep, sets, [model], [0]) == []
