@@ -1,5 +1,8 @@
 """Export at a fixed step count: the traced RFPN and recurrent-mask-head models give the eager
-model's outputs (on the traced image and on another of another size); halting is refused."""
+model's outputs (on the traced image and on another of another size), without a warning;
+halting is refused."""
+
+import warnings
 
 import pytest
 import torch
@@ -25,8 +28,11 @@ def test_exported_model_equals_eager(config, tmp_path):
     model = build_model(cfg).eval()
     g = torch.Generator().manual_seed(0)
     traced_on = torch.rand(3, 96, 128, generator=g) * 255
-    export_traced(model, traced_on, str(tmp_path / "model.ts"))
-    exported = load_exported(str(tmp_path / "model.ts"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        export_traced(model, traced_on, str(tmp_path / "model.ts"))
+        exported = load_exported(str(tmp_path / "model.ts"))
+    assert [f"{w.category.__name__}: {w.message}" for w in caught] == []
     for image in (traced_on, torch.rand(3, 128, 96, generator=g) * 255):
         h, w = image.shape[1:]
         with torch.no_grad():
