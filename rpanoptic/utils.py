@@ -12,6 +12,7 @@ import os
 import platform
 import resource
 import subprocess
+import sys
 from typing import IO, Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 import torch
@@ -152,4 +153,9 @@ def run_task(
     p.add_argument("args", nargs=argparse.REMAINDER, help="the task's options (TASK --help)")
     args = p.parse_args(argv)
     module = importlib.import_module(tasks[args.task][0])
-    return module.main(args.args) or 0
+    program = sys.argv[0]
+    sys.argv[0] = f"{prog} {args.task}"  # what the task's own --help and errors call it
+    try:
+        return module.main(args.args) or 0
+    finally:
+        sys.argv[0] = program

@@ -93,11 +93,11 @@ def test_result_csv_rows_carry_the_provenance_and_missing_rows_are_an_error(tmp_
 def test_run_task_passes_the_rest_of_the_line_to_the_named_task(monkeypatch, capsys):
     seen = []
     fake = types.ModuleType("fake_task")
-    fake.main = lambda argv: seen.append(list(argv)) or 3
+    fake.main = lambda argv: seen.append([sys.argv[0], *argv]) or 3
     monkeypatch.setitem(sys.modules, "fake_task", fake)
     tasks = {"go": ("fake_task", "a task"), "other": ("fake_task", "another")}
     assert run_task(tasks, ["go", "--x", "1", "rest"], "prog", "what it does") == 3
-    assert seen == [["--x", "1", "rest"]]
+    assert seen == [["prog go", "--x", "1", "rest"]]  # the task's --help names it so
     with pytest.raises(SystemExit):
         run_task(tasks, ["nope"], "prog", "what it does")
     assert "invalid choice: 'nope'" in capsys.readouterr().err
