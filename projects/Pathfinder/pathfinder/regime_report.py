@@ -99,6 +99,8 @@ def read_zero_shot(folder: str) -> List[Dict]:
 
 
 def _setting(row: Dict) -> str:
+    if not row.get("test_timesteps"):  # a feed-forward model: one setting
+        return "-"
     if float(row["halt_tol"]) > 0:
         return f"halt {row['halt_tol']} {row['test_solver']}"
     return f"t={row['test_timesteps']}"
@@ -109,7 +111,8 @@ def zero_shot_table(rows: List[Dict]) -> List[Dict]:
     seeds, mean steps taken, and the seeds."""
     groups: Dict[Tuple[str, str, str], List[Dict]] = {}
     for row in rows:
-        groups.setdefault((row["model"], row["eval_set"], _setting(row)), []).append(row)
+        setting = "-" if trained_n(row["model"]) is None else _setting(row)
+        groups.setdefault((row["model"], row["eval_set"], setting), []).append(row)
     order = {m: i for i, m in enumerate(ZERO_SHOT.models)}
     out = []
     for (model, eval_set, setting), group in sorted(
@@ -120,7 +123,7 @@ def zero_shot_table(rows: List[Dict]) -> List[Dict]:
             dict(
                 model=model,
                 eval_set=eval_set,
-                setting="-" if ff else setting,
+                setting=setting,
                 seeds=len(group),
                 accuracy=_mean_sd([float(r["accuracy"]) for r in group]),
                 path_iou=_mean_sd([float(r["path_iou"]) for r in group if r.get("path_iou")]),

@@ -182,6 +182,8 @@ def test_report_only_from_result_files(tmp_path, capsys):
     ]
     with open(os.path.join(zero, "hgru_bptt_k9_n10_s0.csv"), "w") as f:
         f.write(row + "\n".join(lines) + "\n")
+    with open(os.path.join(zero, "ff_large_s1.csv"), "w") as f:  # as evaluate_settings writes it
+        f.write("model,seed,eval_set,accuracy,mean_steps,path_iou\nff_large,1,hard,0.75,0.0,0.5\n")
     spec = importlib.util.spec_from_file_location(
         "pathfinder_regime", os.path.join(PROJECT, "regime.py")
     )
@@ -197,6 +199,7 @@ def test_report_only_from_result_files(tmp_path, capsys):
     report = open(os.path.join(results, "report.md")).read()
     assert "## Geometry" in report and "hgru_crbp_power_k9_n20 @ n" in report
     assert "| hgru_bptt_k9_n10 | hard | t=120 | 1 | 0.600 ± 0.000" in report
+    assert "| ff_large | hard | - | 2 | 0.725 ± 0.035" in report  # one row from each file
     assert os.path.getsize(os.path.join(results, "zero_shot.png")) > 0
     assert os.path.isfile(os.path.join(results, "paired_tests.csv"))
     assert tool.main(["--parts", "nope", "--results", results]) == 2
