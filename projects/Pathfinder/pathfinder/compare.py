@@ -35,6 +35,7 @@ __all__ = [
     "run_comparison",
     "keep_weights",
     "kept_path",
+    "mean_sd",
     "partial_path",
     "save_partial",
     "BASE",
@@ -226,7 +227,8 @@ def load_results(results: str) -> Dict[str, Dict[str, List[Dict]]]:
     return table
 
 
-def _mean_sd(values: Sequence[float]) -> str:
+def mean_sd(values: Sequence[float]) -> str:
+    """ "mean ± sample sd" of ``values`` to 3 decimals ("-" for none, sd 0 for one)."""
     if not values:
         return "-"
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
@@ -256,7 +258,7 @@ def summarize(results: str) -> List[Dict]:
             for name, key in (("accuracy", "accuracy"), ("path_iou", "path_iou")):
                 for label, count in at:
                     values = [v for r in runs if (v := _at(r, key, count)) is not None]
-                    row[f"{name}_{label}"] = _mean_sd(values)
+                    row[f"{name}_{label}"] = mean_sd(values)
             row["N / last"] = f"{n} / {last}" if hgru else "-"
             for key in ("drift", "spectral_radius", "saved_mb", "step_ms"):
                 values = [r[key] for r in runs if key in r]

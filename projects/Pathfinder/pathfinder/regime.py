@@ -25,7 +25,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .compare import BASE, MODELS, load_results
+from .compare import BASE, MODELS
 from .data import PathfinderSplit
 from .fixed_point import load_trained
 from .generator import DIFFICULTY, PathfinderSpec
@@ -163,16 +163,3 @@ def trained_n(model_name: str) -> Optional[int]:
     """The trained N of a recurrent model of :data:`MODELS` (None for a feed-forward one)."""
     run = replace(BASE, **MODELS[model_name])
     return run.timesteps if run.model == "hgru" else None
-
-
-def accuracy_at(results: str, set_name: str, model: str, count: int) -> Dict[int, float]:
-    """{seed: accuracy at ``count`` steps} of ``model`` on ``set_name`` from the result files
-    (feed-forward models: their one value, whatever ``count``)."""
-    runs = load_results(results).get(set_name, {}).get(model, [])
-    found = {}
-    for result in runs:
-        acc = result["accuracy"]
-        key = str(count) if str(count) in acc else (next(iter(acc)) if len(acc) == 1 else None)
-        if key is not None:
-            found[result["run"]["seed"]] = acc[key]
-    return found

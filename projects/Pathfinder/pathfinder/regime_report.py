@@ -6,13 +6,13 @@ import csv
 import glob
 import os
 import statistics
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Tuple
 
 from scipy import stats
 
 from rpanoptic.utils import atomic_write, pyplot
 
-from .compare import load_results
+from .compare import load_results, mean_sd
 from .regime import ZERO_SHOT, ZERO_SHOT_COUNTS, trained_n
 
 __all__ = [
@@ -35,13 +35,6 @@ PAIRS: Tuple[Tuple[str, str, object, object], ...] = (
     ("hgru_bptt_k9_n6", "ff_large", "n", "n"),
     ("hgru_bptt_k9_n20", "ff_large", "n", "n"),
 )
-
-
-def _mean_sd(values: Sequence[float]) -> str:
-    if not values:
-        return "-"
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.3f} ± {sd:.3f}"
 
 
 def _per_seed(runs: List[Dict], key: str, count) -> Dict[int, float]:
@@ -82,7 +75,7 @@ def paired_rows(results: str, set_name: str = "hard", pairs=PAIRS) -> List[Dict]
                     seeds=len(seeds),
                     a_mean=statistics.mean(va[s] for s in seeds) if seeds else None,
                     b_mean=statistics.mean(vb[s] for s in seeds) if seeds else None,
-                    diff=_mean_sd(diffs),
+                    diff=mean_sd(diffs),
                     p=p,
                 )
             )
@@ -125,8 +118,8 @@ def zero_shot_table(rows: List[Dict]) -> List[Dict]:
                 eval_set=eval_set,
                 setting=setting,
                 seeds=len(group),
-                accuracy=_mean_sd([float(r["accuracy"]) for r in group]),
-                path_iou=_mean_sd([float(r["path_iou"]) for r in group if r.get("path_iou")]),
+                accuracy=mean_sd([float(r["accuracy"]) for r in group]),
+                path_iou=mean_sd([float(r["path_iou"]) for r in group if r.get("path_iou")]),
                 mean_steps=(
                     "-" if ff else f"{statistics.mean(float(r['mean_steps']) for r in group):.1f}"
                 ),
