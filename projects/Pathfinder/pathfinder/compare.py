@@ -203,7 +203,9 @@ def save_partial(output: str, keep: str, sets, models, seeds) -> List[str]:
                 ):
                     continue
                 target = partial_path(keep, set_name, model, seed)
-                atomic_write(target, lambda f, source=source: f.write(open(source, "rb").read()))
+                with open(source, "rb") as f:
+                    data = f.read()
+                atomic_write(target, lambda out, data=data: out.write(data))
                 written.append(target)
     return written
 
