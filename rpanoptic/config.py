@@ -42,6 +42,10 @@ def add_rpanoptic_config(cfg: CN) -> CN:
     cfg.MODEL.RECURRENT.LCP_VECTOR = "ones"
     # Power-iteration steps per training step for the penalty's eigenvector (LCP_VECTOR "power").
     cfg.MODEL.RECURRENT.LCP_POWER_ITERS = 5
+    # How the penalty's gradient is computed: "jvp" (a forward-mode product through one more
+    # step; no convolution whose kernel is a feature map) | "double_backward" (the authors').
+    # The same gradient.
+    cfg.MODEL.RECURRENT.LCP_GRADIENT = "jvp"
 
     # Steps at inference; 0 means TIMESTEPS.
     cfg.MODEL.RECURRENT.TEST_TIMESTEPS = 0

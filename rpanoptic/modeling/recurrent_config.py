@@ -46,6 +46,7 @@ _ENGINE_KEYS = {
     "MODEL.RECURRENT.LCP_REDUCTION": (Recurrence, "lcp_reduction"),
     "MODEL.RECURRENT.LCP_VECTOR": (Recurrence, "lcp_vector"),
     "MODEL.RECURRENT.LCP_POWER_ITERS": (Recurrence, "lcp_power_iters"),
+    "MODEL.RECURRENT.LCP_GRADIENT": (Recurrence, "lcp_gradient"),
     "MODEL.RECURRENT.TEST_TIMESTEPS": (Recurrence, "test_timesteps"),
     "MODEL.RECURRENT.HALT_TOL": (Recurrence, "halt_tol"),
     "MODEL.RECURRENT.TEST_SOLVER": (Recurrence, "test_solver"),
@@ -167,7 +168,7 @@ def build_recurrence(cfg, channels: int, name: str = "recurrence") -> Recurrence
     :class:`HGRUCell` with ``channels``, as MODEL.RECURRENT and MODEL.HGRU say: each key of
     ``_ENGINE_KEYS`` becomes its argument. Reads: MODEL.RECURRENT.{TIMESTEPS, GRAD,
     NEUMANN_STEPS, NEUMANN_RTOL, BACKWARD_SOLVER, LCP_TAU, LCP_REDUCTION, LCP_VECTOR,
-    LCP_POWER_ITERS, TEST_TIMESTEPS, HALT_TOL, TEST_SOLVER, ANDERSON_MEMORY, COMPILE,
+    LCP_POWER_ITERS, LCP_GRADIENT, TEST_TIMESTEPS, HALT_TOL, TEST_SOLVER, ANDERSON_MEMORY, COMPILE,
     CHECK_FINITE}, MODEL.HGRU.{KERNEL_SIZE, NORM, NONLINEARITY, GN_GROUPS}.
 
     Each key is checked here, so the ValueError names the key, its value and the allowed values

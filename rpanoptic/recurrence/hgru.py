@@ -52,12 +52,18 @@ class _Softplus(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
         ctx.save_for_backward(x)
+        ctx.save_for_forward(x)
         return x.clamp(min=0) + torch.log(1 + torch.exp(-x.abs()))
 
     @staticmethod
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
         return grad * torch.sigmoid(x)
+
+    @staticmethod
+    def jvp(ctx, tangent):
+        (x,) = ctx.saved_tensors
+        return tangent * torch.sigmoid(x)
 
 
 def softplus(x: torch.Tensor) -> torch.Tensor:

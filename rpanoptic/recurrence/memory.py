@@ -17,10 +17,15 @@ __all__ = ["SavedTensorMeter", "HostSyncCounter"]
 
 
 class _Saved:
-    __slots__ = ("tensor", "__weakref__")
+    __slots__ = ("tensor", "storage", "nbytes", "__weakref__")
 
     def __init__(self, tensor: torch.Tensor):
         self.tensor = tensor
+        try:
+            storage = tensor.untyped_storage()
+            self.storage, self.nbytes = storage.data_ptr(), storage.nbytes()
+        except RuntimeError:  # forward mode's zero tangents have no storage, take no memory
+            self.storage, self.nbytes = None, 0
 
 
 class SavedTensorMeter:
@@ -59,9 +64,8 @@ class SavedTensorMeter:
     def bytes(self) -> int:
         storages = {}
         for saved in list(self._live):
-            storage = saved.tensor.untyped_storage()
-            if storage.data_ptr() not in self._exclude:
-                storages[storage.data_ptr()] = storage.nbytes()
+            if saved.storage is not None and saved.storage not in self._exclude:
+                storages[saved.storage] = saved.nbytes
         return sum(storages.values())
 
 

@@ -18,9 +18,15 @@ PHASES = {
     "graph_free_steps": "the steps run without a graph (rbp/crbp's first N - 1, inference)",
     "unrolled_steps": "the steps run with a graph (bptt/cbptt's N, penalty included)",
     "implicit_step": "rbp/crbp's last step with its penalty's value",
-    "backward/recompute": "the last step rebuilt in backward",
+    "backward/recompute": (
+        "the last step rebuilt in backward (crbp with lcp_gradient 'jvp': in forward mode, "
+        "its tangent J w for the penalty included)"
+    ),
     "backward/neumann_series": "the K vector-Jacobian products of the series",
-    "backward/lcp": "the penalty's differentiable vector-Jacobian product",
+    "backward/lcp": (
+        "the penalty's differentiable term: <v, J w> ('jvp') or its vector-Jacobian product "
+        "built for a double backward"
+    ),
     "backward/parameter_gradients": "the gradients of the parameters and the input",
 }
 """The phases, by name, with what each covers."""

@@ -19,21 +19,36 @@ Both the test and the optional early stop (``rtol``: stop adding terms once
 ||v J^k|| <= rtol ||g_k||) compare norms of quantities that are linear in v, so scaling the
 loss (as mixed-precision loss scaling does) scales the gradient and changes no decision.
 
-Memory. :class:`ImplicitStep` keeps only x and h_{N-1} for backward and recomputes the last
-step there (and, in C-RBP, the penalty's vector-Jacobian product), so what a recurrence keeps
-alive between forward and backward is two state-sized tensors whatever N is, less than the
-graph of a single BPTT step.
+Memory. :class:`ImplicitStep` keeps x and h_{N-1} for backward and recomputes the last step
+there, so what a recurrence keeps alive between forward and backward is a few state-sized
+tensors whatever N is, less than the graph of a single BPTT step: two in RBP; in C-RBP also
+dP/du, the penalty's gradient with respect to its vector-Jacobian product u (with the default
+``lcp_gradient="jvp"``), and the power vector (with ``lcp_vector="power"``).
+
+The penalty's gradient (C-RBP, ``lcp_gradient="jvp"``). Backward recomputes the step once, in
+forward mode with the tangent w = dP/du: the primal is the graph that the Neumann series and the
+parameter gradients run through, the tangent is J w, and <v, J w> back-propagated with the rest
+gives the penalty's gradient (``lcp.py``). No second-order graph, no convolution whose kernel is
+a feature map. With ``"double_backward"`` (or a cell that forward mode cannot run) the penalty's
+product is rebuilt with ``create_graph=True`` and differentiated again.
 """
 
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch.autograd.function import once_differentiable
 
 from ._batch import expand_as, frozen_running_stats, group_norm
 from .krylov import gmres_solve
-from .lcp import lcp_from_vjp, lcp_penalty, ones_vjp, power_lcp, power_vector
+from .lcp import (
+    forward_mode_unsupported,
+    lcp_penalty,
+    penalty_and_direction,
+    power_vector,
+    warn_forward_mode_fallback,
+)
 from .phases import phase
 
 __all__ = ["neumann_series", "ImplicitStep", "ImplicitStepOptions", "BACKWARD_SOLVERS"]
@@ -98,6 +113,8 @@ class ImplicitStepOptions:
         lcp_reduction: "sum" or "mean" over the state's elements (see ``lcp.py``).
         lcp_vector: "ones" (the authors') or "power" (see ``lcp.py``).
         lcp_power_iters: power-iteration steps of the "power" vector.
+        lcp_gradient: how backward differentiates the penalty: "jvp" or "double_backward"
+            (see ``lcp.py``).
         solver: "neumann" (the series, as in the paper) or "gmres" (the same K products
             combined by GMRES, see ``krylov.py``).
     """
@@ -110,6 +127,7 @@ class ImplicitStepOptions:
     lcp_reduction: str = "sum"
     lcp_vector: str = "ones"
     lcp_power_iters: int = 5
+    lcp_gradient: str = "jvp"
     solver: str = "neumann"
 
 
@@ -126,6 +144,7 @@ class ImplicitStep(torch.autograd.Function):
     def forward(ctx, cell, options: ImplicitStepOptions, x, h_prev, *params):
         ctx.set_materialize_grads(False)
         ctx.cell, ctx.options, ctx.params = cell, options, params
+        ctx.power = ctx.jvp = False
         with torch.autocast(x.device.type, enabled=False):
             if options.lcp_tau is None:
                 ctx.save_for_backward(x, h_prev)
@@ -137,20 +156,49 @@ class ImplicitStep(torch.autograd.Function):
                 h_in = h_prev.detach().requires_grad_()
                 out = cell(x.detach(), h_in)
                 tau, reduction, coupled = options.lcp_tau, options.lcp_reduction, options.coupled
+                saved = [x, h_prev]
+                v = None
                 if options.lcp_vector == "power":
                     # The vector is kept for backward, which differentiates the same penalty.
                     v = power_vector(out, h_in, options.lcp_power_iters, coupled)
-                    ctx.save_for_backward(x, h_prev, v)
-                    lcp = power_lcp(out, h_in, v, tau, reduction, coupled, create_graph=False)
-                else:
-                    ctx.save_for_backward(x, h_prev)
-                    lcp = lcp_from_vjp(ones_vjp(out, h_in, create_graph=False), tau, reduction)
-            return out.detach(), lcp.detach()
+                    saved.append(v)
+                    ctx.power = True
+                (u,) = torch.autograd.grad(out, h_in, torch.ones_like(out) if v is None else v)
+                lcp, w = penalty_and_direction(u, tau, reduction, options.lcp_vector, coupled)
+                if options.lcp_gradient == "jvp" and not coupled:
+                    # dP/du, kept so that backward gets the penalty's gradient from the same
+                    # (forward-mode) recomputation of the step as the Neumann series.
+                    saved.append(w)
+                    ctx.jvp = True
+                ctx.save_for_backward(*saved)
+            return out.detach(), lcp
+
+    @staticmethod
+    def _recompute(ctx, x_in, h_in, w, v):
+        """The step again, with its graph; with ``w``, through forward mode with tangent w, so
+        that J w (for the penalty's surrogate <v, J w>, see ``lcp.py``) comes with it. Returns
+        (h_next, J w or None)."""
+        cell = ctx.cell
+        if w is not None:
+            try:
+                with fwAD.dual_level():
+                    out, tangent = fwAD.unpack_dual(cell(x_in, fwAD.make_dual(h_in, w)))
+            except (NotImplementedError, RuntimeError) as error:
+                if not forward_mode_unsupported(error):
+                    raise
+                warn_forward_mode_fallback(error)
+            else:
+                if tangent is None:  # the step does not depend on h: J w = 0
+                    tangent = torch.zeros_like(out)
+                return out, tangent
+        return cell(x_in, h_in), None
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_h, grad_lcp):
-        x, h_prev, *power = ctx.saved_tensors
+        x, h_prev, *extra = ctx.saved_tensors
+        v = extra[0] if ctx.power else None
+        w = extra[-1] if ctx.jvp and grad_lcp is not None else None
         cell, options = ctx.cell, ctx.options
         needs_x = ctx.needs_input_grad[2]
         # BatchNorm statistics are restored only after the last use of this graph: restoring
@@ -161,7 +209,7 @@ class ImplicitStep(torch.autograd.Function):
             x_in = x.detach().requires_grad_(needs_x)
             h_in = h_prev.detach().requires_grad_()
             with phase("backward/recompute"):
-                out = cell(x_in, h_in)
+                out, tangent = ImplicitStep._recompute(ctx, x_in, h_in, w, v)
             outputs, grads = [], []
             if grad_h is not None:
                 with phase("backward/neumann_series"):
@@ -174,13 +222,23 @@ class ImplicitStep(torch.autograd.Function):
                 outputs.append(out)
                 grads.append(g)
             if grad_lcp is not None and options.lcp_tau is not None:
-                tau, reduction, coupled = options.lcp_tau, options.lcp_reduction, options.coupled
                 with phase("backward/lcp"):
-                    if power:
-                        outputs.append(power_lcp(out, h_in, power[0], tau, reduction, coupled))
-                    else:
-                        outputs.append(lcp_penalty(out, h_in, tau, reduction))
-                grads.append(grad_lcp)
+                    if tangent is not None:
+                        surrogate = tangent.sum() if v is None else (tangent * v).sum()
+                    else:  # the double backward (or forward mode unavailable)
+                        tau, reduction = options.lcp_tau, options.lcp_reduction
+                        surrogate = lcp_penalty(
+                            out,
+                            h_in,
+                            tau,
+                            reduction,
+                            options.lcp_vector,
+                            coupled=options.coupled,
+                            v=v,
+                        )
+                if surrogate.requires_grad:  # else the penalty depends on nothing trainable
+                    outputs.append(surrogate)
+                    grads.append(grad_lcp)
             inputs = ([x_in] if needs_x else []) + list(ctx.params)
             if not outputs or not inputs:
                 return (None, None, None, None) + (None,) * len(ctx.params)

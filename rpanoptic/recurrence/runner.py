@@ -25,12 +25,12 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from ._batch import batch_coupled, frozen_running_stats
+from ._batch import batch_coupled, frozen_running_stats, untracked_running_stats
 from .arguments import Rule, at_least, check_arguments, flag, is_number, one_of
 from .compiled import CompiledStep
 from .controls import RecurrenceControls
 from .iterate import anderson_iterate, picard_iterate
-from .lcp import LCP_REDUCTIONS, LCP_VECTORS, lcp_penalty
+from .lcp import LCP_GRADIENTS, LCP_REDUCTIONS, LCP_VECTORS, lcp_penalty
 from .phases import phase
 from .rbp import BACKWARD_SOLVERS, ImplicitStep, ImplicitStepOptions
 
@@ -49,15 +49,18 @@ def _unroll_with_graph(rec: "Recurrence", x: torch.Tensor, h: torch.Tensor) -> S
         if not h.requires_grad:  # N = 1 from a constant start: the penalty still needs dF/dh
             h = h.detach().requires_grad_()
         h_next = rec.cell(x, h)
-        penalty = lcp_penalty(
-            h_next,
-            h,
-            rec.lcp_tau,
-            rec.lcp_reduction,
-            rec.lcp_vector,
-            rec.lcp_power_iters,
-            batch_coupled(rec.cell),
-        )
+        step = (lambda state: rec.cell(x, state)) if rec.lcp_gradient == "jvp" else None
+        with untracked_running_stats(rec.cell):  # the forward-mode step must not count twice
+            penalty = lcp_penalty(
+                h_next,
+                h,
+                rec.lcp_tau,
+                rec.lcp_reduction,
+                rec.lcp_vector,
+                rec.lcp_power_iters,
+                batch_coupled(rec.cell),
+                step=step,
+            )
         return h_next, penalty
 
 
@@ -75,6 +78,7 @@ def _unroll_implicit(rec: "Recurrence", x: torch.Tensor, h: torch.Tensor) -> Ste
         lcp_reduction=rec.lcp_reduction,
         lcp_vector=rec.lcp_vector,
         lcp_power_iters=rec.lcp_power_iters,
+        lcp_gradient=rec.lcp_gradient,
         solver=rec.backward_solver,
     )
     params = [p for p in rec.cell.parameters() if p.requires_grad]
@@ -108,6 +112,7 @@ ARGUMENTS: Dict[str, Rule] = {
     "lcp_reduction": one_of(LCP_REDUCTIONS),
     "lcp_vector": one_of(LCP_VECTORS),
     "lcp_power_iters": at_least(1),
+    "lcp_gradient": one_of(LCP_GRADIENTS),
     # inference
     "test_timesteps": at_least(0, "0: as many as in training"),
     "halt_tol": Rule(lambda v: is_number(v) and v >= 0, "a number >= 0 (0 disables halting)"),
@@ -146,6 +151,9 @@ class Recurrence(RecurrenceControls, nn.Module):
             (J's dominant left eigenvector by power iteration, so that the penalty bounds the
             spectral radius; see ``lcp.py``).
         lcp_power_iters: power-iteration steps per training step with ``lcp_vector="power"``.
+        lcp_gradient: how the penalty's gradient is computed: "jvp" (a forward-mode product
+            through one more step, no convolution with a feature map as its kernel) or
+            "double_backward" (as the authors' code); the same gradient (see ``lcp.py``).
 
     Inference:
         test_timesteps: steps run at inference; 0 means ``timesteps``.
@@ -188,6 +196,7 @@ class Recurrence(RecurrenceControls, nn.Module):
         lcp_reduction: str = "sum",
         lcp_vector: str = "ones",
         lcp_power_iters: int = 5,
+        lcp_gradient: str = "jvp",
         # inference
         test_timesteps: int = 0,
         halt_tol: float = 0.0,
@@ -211,6 +220,7 @@ class Recurrence(RecurrenceControls, nn.Module):
             lcp_reduction=lcp_reduction,
             lcp_vector=lcp_vector,
             lcp_power_iters=lcp_power_iters,
+            lcp_gradient=lcp_gradient,
             test_timesteps=test_timesteps,
             halt_tol=halt_tol,
             test_solver=test_solver,
@@ -224,6 +234,7 @@ class Recurrence(RecurrenceControls, nn.Module):
         self.backward_solver = backward_solver
         self.lcp_tau, self.lcp_reduction = float(lcp_tau), lcp_reduction
         self.lcp_vector, self.lcp_power_iters = lcp_vector, int(lcp_power_iters)
+        self.lcp_gradient = lcp_gradient
         self.test_timesteps, self.halt_tol = test_timesteps, halt_tol
         self.test_solver, self.anderson_memory = test_solver, anderson_memory
         self.compile_steps, self.check_finite = compile_steps, check_finite
@@ -350,6 +361,8 @@ class Recurrence(RecurrenceControls, nn.Module):
         parts.append(f"lcp_tau={self.lcp_tau}, lcp_reduction={self.lcp_reduction!r}")
         if self.lcp_vector == "power":
             parts.append(f"lcp_vector='power', lcp_power_iters={self.lcp_power_iters}")
+        if self.lcp_gradient != "jvp":
+            parts.append(f"lcp_gradient={self.lcp_gradient!r}")
         parts.append(f"test_timesteps={self.test_timesteps}, halt_tol={self.halt_tol}")
         if self.test_solver == "anderson":
             parts.append(f"test_solver='anderson', anderson_memory={self.anderson_memory}")

@@ -32,7 +32,7 @@ def test_implicit_modes_flat_in_timesteps(grad):
 def test_bptt_grows_with_timesteps(grad):
     # Linear growth: each step adds the same amount (cbptt adds a constant penalty graph).
     b2, b10, b20 = (saved_bytes(grad, n) for n in (2, 10, 20))
-    assert b10 > 2.5 * b2
+    assert (b10 - b2) / 8 > 0.5 * saved_bytes("bptt", 1)  # each step keeps about one step's graph
     assert (b20 - b10) == pytest.approx((b10 - b2) * 10 / 8, rel=0.02)
 
 
