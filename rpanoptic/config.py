@@ -83,6 +83,14 @@ def add_rpanoptic_config(cfg: CN) -> CN:
     # Initial per-channel scale of each level's recurrent residual p + scale * h (0: starts as
     # the feed-forward FPN, right for fine-tuning a feed-forward checkpoint; 1 for from scratch).
     cfg.MODEL.RFPN.SCALE_INIT = 0.0
+    # Where each recurrence sits: "output" (on the level's output, after the top-down merge:
+    # only that level sees it) | "topdown" (in the top-down path before the output conv, so
+    # every finer level receives it: a recurrent p3 reaches p2, where boxes under 112 px pool).
+    cfg.MODEL.RFPN.PLACEMENT = "output"
+    # Width of each level's recurrence, one per LEVELS entry, between 1x1 projections from and
+    # to the FPN's channels; [] runs every recurrence at MODEL.FPN.OUT_CHANNELS, unprojected.
+    # A step's cost grows with the width squared.
+    cfg.MODEL.RFPN.WIDTHS = []
 
     # DistributedDataParallel's find_unused_parameters (off: every parameter is used each step).
     cfg.MODEL.DDP_FIND_UNUSED_PARAMETERS = False

@@ -23,6 +23,8 @@ __all__ = [
     "validate_recurrent_config",
     "check_key",
     "check_rfpn_levels",
+    "check_rfpn_widths",
+    "RFPN_PLACEMENTS",
     "config_keys",
     "DERIVED_ARGUMENTS",
     "recurrent_layers",
@@ -63,7 +65,8 @@ DERIVED_ARGUMENTS = {
     "Recurrence(cell)": "the HGRUCell built from MODEL.HGRU.*",
     "Recurrence(name)": "the layer's module path, e.g. backbone.rfpn.p3.recurrence",
     "HGRUCell(channels)": (
-        "MODEL.FPN.OUT_CHANNELS (RFPN) or MODEL.ROI_MASK_HEAD.CONV_DIM (mask head)"
+        "the level's MODEL.RFPN.WIDTHS, else MODEL.FPN.OUT_CHANNELS (RFPN); "
+        "MODEL.ROI_MASK_HEAD.CONV_DIM (mask head)"
     ),
     "HGRUCell(timesteps)": "MODEL.RECURRENT.TIMESTEPS (it only initialises the gate biases)",
 }
@@ -71,6 +74,15 @@ _LEVELS = Rule(
     lambda v: isinstance(v, (list, tuple)) and all(isinstance(level, str) for level in v),
     "a list of FPN levels ('p2' ... 'p6' with the default MODEL.FPN.IN_FEATURES); at least one "
     "with build_resnet_rfpn_backbone",
+)
+RFPN_PLACEMENTS = ("output", "topdown")
+"""Where an RFPN level's recurrence sits: on the level's output, or in the top-down path before
+the output convolution (finer levels receive it); see ``rfpn.py``."""
+_WIDTHS = Rule(
+    lambda v: isinstance(v, (list, tuple))
+    and all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in v),
+    "a list of positive integers, one per level of MODEL.RFPN.LEVELS, or [] (every recurrence at "
+    "MODEL.FPN.OUT_CHANNELS)",
 )
 # keys the Detectron2 layer reads itself: key -> (its rule, the argument it becomes)
 _CONFIG_KEYS: Dict[str, Tuple[Rule, str]] = {
@@ -88,6 +100,11 @@ _CONFIG_KEYS: Dict[str, Tuple[Rule, str]] = {
     ),
     "MODEL.RFPN.LEVELS": (_LEVELS, "RFPN(recurrences)"),
     "MODEL.RFPN.SCALE_INIT": (Rule(is_number, "a number"), "RFPN(scale_init)"),
+    "MODEL.RFPN.PLACEMENT": (
+        Rule(lambda v: v in RFPN_PLACEMENTS, f"one of {', '.join(map(repr, RFPN_PLACEMENTS))}"),
+        "RFPN(placement)",
+    ),
+    "MODEL.RFPN.WIDTHS": (_WIDTHS, "RFPN(widths)"),
     "MODEL.DDP_FIND_UNUSED_PARAMETERS": (flag(), "create_ddp_model(find_unused_parameters)"),
 }
 _RULES = {
@@ -147,6 +164,21 @@ def check_rfpn_levels(cfg, produced: Optional[Sequence[str]] = None) -> List[str
     return levels
 
 
+def check_rfpn_widths(cfg, levels: Sequence[str], channels: int) -> Dict[str, int]:
+    """{level: width} from MODEL.RFPN.WIDTHS (one per level of ``levels``, in order; [] gives
+    every level ``channels``). ValueError naming the key otherwise."""
+    widths = list(check_key(cfg, "MODEL.RFPN.WIDTHS"))
+    if not widths:
+        return {level: channels for level in levels}
+    if len(widths) != len(levels):
+        raise ValueError(
+            f"Config MODEL.RFPN.WIDTHS = {widths} has {len(widths)} values for the "
+            f"{len(levels)} levels of MODEL.RFPN.LEVELS = {list(levels)}; allowed: one width "
+            "per level, in the same order, or [] (every level at MODEL.FPN.OUT_CHANNELS)."
+        )
+    return dict(zip(levels, widths))
+
+
 def validate_recurrent_config(cfg) -> None:
     """Check every key of :func:`config_keys` at once, before anything is built (the components
     check the keys they read again, so a model built by Detectron2's own ``build_model`` names
@@ -155,7 +187,14 @@ def validate_recurrent_config(cfg) -> None:
     for key in _RULES:
         check_key(cfg, key)
     if cfg.MODEL.BACKBONE.NAME == "build_resnet_rfpn_backbone":
-        check_rfpn_levels(cfg)
+        levels = check_rfpn_levels(cfg)
+        check_rfpn_widths(cfg, levels, cfg.MODEL.FPN.OUT_CHANNELS)
+        if check_key(cfg, "MODEL.RFPN.PLACEMENT") == "topdown" and "p6" in levels:
+            raise ValueError(
+                f"Config MODEL.RFPN.LEVELS = {levels} includes 'p6', which the top block makes "
+                "outside the FPN's top-down path, so MODEL.RFPN.PLACEMENT = 'topdown' cannot "
+                "hold it; allowed: levels of the top-down path (p2-p5), or PLACEMENT 'output'."
+            )
 
 
 def _arguments(cfg, owner) -> dict:
@@ -198,9 +237,10 @@ def parameter_groups(model: nn.Module) -> Dict[str, Dict[str, nn.Parameter]]:
     """The trainable parameters of a (Detectron2) model in groups, by name (unwrapping DDP).
 
     Groups: ``recurrent`` (every :class:`Recurrence`'s cell), ``rfpn_scale`` (the RFPN levels'
-    residual scales: what is left of ``backbone.rfpn``), ``backbone`` (``backbone.bottom_up``),
-    ``fpn`` (the rest of the backbone) and ``heads`` (everything else, e.g. the RPN, the ROI
-    heads, the semantic head and a recurrent mask head's read-out). Empty groups are omitted.
+    residual scales and width projections: what is left of ``backbone.rfpn``), ``backbone``
+    (``backbone.bottom_up``), ``fpn`` (the rest of the backbone) and ``heads`` (everything
+    else, e.g. the RPN, the ROI heads, the semantic head and a recurrent mask head's read-out).
+    Empty groups are omitted.
     """
     model = getattr(model, "module", model)
     prefixes = tuple(f"{name}." for name in recurrent_layers(model))

@@ -51,8 +51,10 @@ def test_default_config_reproduces_the_authors_penalty_on_the_mask_head():
     assert theirs.item() > 0
     torch.testing.assert_close(loss, theirs, rtol=1e-5, atol=0)
     params = list(cell.parameters())
+    # float32: the forward-mode gradient sums in another order (exact in float64, see
+    # tests/recurrence/test_lcp_gradient.py), so tolerances are relative to each tensor's scale.
     for a, b in zip(torch.autograd.grad(loss, params), torch.autograd.grad(theirs, params)):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-9)
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
     hook.after_train()
 
 

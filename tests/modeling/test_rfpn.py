@@ -77,3 +77,102 @@ def test_contribution_of_the_recurrences_is_measured_against_the_fpn_level():
     assert got["value"] == pytest.approx(expected, rel=1e-5)
     with pytest.raises(ValueError, match="not an RFPN"):
         rfpn_contribution(build_model(tiny_cfg(FF)).eval(), [x])
+
+
+NARROW = ("MODEL.RFPN.LEVELS", ["p3", "p4"], "MODEL.RFPN.WIDTHS", [8, 16])
+
+
+@pytest.mark.parametrize("placement", ["output", "topdown"])
+def test_narrow_and_topdown_levels_start_as_the_feedforward_model(tmp_path, placement):
+    """Projections and the top-down placement keep a feed-forward checkpoint exact at the start
+    of fine-tuning (zero residual scales)."""
+    torch.manual_seed(0)
+    ff = build_model(tiny_cfg(FF)).eval()
+    DetectionCheckpointer(ff, save_dir=str(tmp_path)).save("ff")
+    model = build_model(tiny_cfg(RFPN, *NARROW, "MODEL.RFPN.PLACEMENT", placement)).eval()
+    DetectionCheckpointer(model).load(str(tmp_path / "ff.pth"))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        a, b = ff.backbone(x), model.backbone(x)
+    assert set(a) == set(b)
+    for level in a:
+        torch.testing.assert_close(a[level], b[level], rtol=0, atol=0)
+
+
+def test_widths_set_each_recurrence_between_projections():
+    model = build_model(tiny_cfg(RFPN, *NARROW))
+    for level, width in (("p3", 8), ("p4", 16)):
+        layer = model.backbone.rfpn[level]
+        assert layer.recurrence.cell.channels == width
+        assert layer.project_in.weight.shape == (width, 32, 1, 1)
+        assert layer.project_out.weight.shape == (32, width, 1, 1)
+    wide = build_model(tiny_cfg(RFPN, "MODEL.RFPN.LEVELS", ["p3"]))
+    assert wide.backbone.rfpn["p3"].project_in is None  # [] keeps the FPN's width
+    assert wide.backbone.rfpn["p3"].recurrence.cell.channels == 32
+
+
+def test_topdown_recurrence_reaches_the_finer_levels_and_output_does_not():
+    x = torch.randn(1, 3, 64, 64)
+    outs = {}
+    for placement in ("output", "topdown"):
+        torch.manual_seed(0)
+        cfg = tiny_cfg(
+            RFPN, *NARROW, "MODEL.RFPN.SCALE_INIT", 1.0, "MODEL.RFPN.PLACEMENT", placement
+        )
+        model = build_model(cfg).eval()
+        with torch.no_grad():
+            outs[placement] = model.backbone(x)
+            plain = super(type(model.backbone), model.backbone).forward(x)
+        outs[placement + "_plain"] = plain
+    out, top = outs["output"], outs["topdown"]
+    # Same weights (same seed): the feed-forward parts agree.
+    torch.testing.assert_close(outs["output_plain"]["p2"], outs["topdown_plain"]["p2"])
+    torch.testing.assert_close(out["p2"], outs["output_plain"]["p2"])  # output: p2 untouched
+    assert not torch.allclose(top["p2"], outs["topdown_plain"]["p2"])  # topdown: p2 receives it
+    torch.testing.assert_close(top["p5"], outs["topdown_plain"]["p5"])  # above p4: untouched
+    assert not torch.allclose(top["p3"], outs["topdown_plain"]["p3"])
+
+
+def test_topdown_timestep_sweep_matches_separate_runs():
+    from rpanoptic.recurrence import sweep
+
+    torch.manual_seed(0)
+    cfg = tiny_cfg(RFPN, *NARROW, "MODEL.RFPN.SCALE_INIT", 1.0, "MODEL.RFPN.PLACEMENT", "topdown")
+    backbone = build_model(cfg).eval().backbone
+    x = torch.randn(1, 3, 64, 64)
+    layers = [level.recurrence for level in backbone.rfpn.values()]
+    separate = {}
+    with torch.no_grad():
+        for t in (1, 4):
+            with layers[0].using(test_timesteps=t), layers[1].using(test_timesteps=t):
+                separate[t] = backbone(x)["p2"]
+        swept = {}
+        with sweep(backbone, (1, 4)) as set_count:
+            for t in (4, 1):
+                set_count(t)
+                swept[t] = backbone(x)["p2"]
+    assert not torch.allclose(separate[1], separate[4])
+    for t in (1, 4):
+        torch.testing.assert_close(swept[t], separate[t])
+
+
+@pytest.mark.parametrize(
+    "opts, match",
+    [
+        (("MODEL.RFPN.WIDTHS", [8]), r"MODEL.RFPN.WIDTHS = \[8\] has 1 values for the 4 levels"),
+        (("MODEL.RFPN.WIDTHS", [8, 0, 8, 8]), r"MODEL.RFPN.WIDTHS = \[8, 0, 8, 8\].*positive"),
+        (("MODEL.RFPN.PLACEMENT", "before"), r"MODEL.RFPN.PLACEMENT = 'before'.*'topdown'"),
+        (("MODEL.RFPN.WIDTHS", [12, 8, 8, 8]), r"GN_GROUPS = 8 does not divide.*12 channels"),
+        (
+            ("MODEL.RFPN.LEVELS", ["p5", "p6"], "MODEL.RFPN.PLACEMENT", "topdown"),
+            r"'p6'.*top block.*PLACEMENT",
+        ),
+    ],
+)
+def test_bad_width_and_placement_settings_are_named(opts, match):
+    from rpanoptic.modeling.recurrent_config import validate_recurrent_config
+
+    with pytest.raises(ValueError, match=match):
+        cfg = tiny_cfg(RFPN, *opts)
+        validate_recurrent_config(cfg)
+        build_model(cfg)
