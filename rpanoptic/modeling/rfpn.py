@@ -28,6 +28,7 @@ from detectron2.modeling.backbone.resnet import build_resnet_backbone
 from fvcore.nn import weight_init
 from torch import nn
 
+from ..recurrence import deferred_finite_checks
 from .recurrent_config import (
     RFPN_PLACEMENTS,
     build_recurrence,
@@ -205,8 +206,13 @@ class RFPN(FPN):
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Args: x (B, 3, H, W). Returns {level: (B, C, H / stride, W / stride)}."""
-        if self.placement == "topdown":
-            return self._forward_topdown(x)
+        # One host synchronisation for the finite checks of every level, not one per level.
+        with deferred_finite_checks(self.rfpn):
+            if self.placement == "topdown":
+                return self._forward_topdown(x)
+            return self._forward_output(x)
+
+    def _forward_output(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         out = dict(self._feedforward(x))
         top = self.top_block
         top_levels = []

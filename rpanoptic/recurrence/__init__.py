@@ -9,7 +9,7 @@
 - :func:`fixed_point_residual`, :func:`spectral_radius` -- convergence diagnostics.
 """
 
-from .controls import StateRecord, sweep
+from .controls import StateRecord, deferred_finite_checks, sweep
 from .diagnostics import fixed_point_residual, spectral_radius
 from .hgru import HGRUCell
 from .lcp import (
@@ -30,6 +30,7 @@ __all__ = [
     "GRAD_MODES",
     "StateRecord",
     "sweep",
+    "deferred_finite_checks",
     "ImplicitStep",
     "ImplicitStepOptions",
     "neumann_series",

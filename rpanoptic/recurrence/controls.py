@@ -11,6 +11,9 @@ managers instead of attributes set from outside.
   input from that cache. Any module with ``sweep_begin()`` and ``sweep_end()`` methods has them
   called on entry and exit (the RFPN backbone computes its feed-forward features once per
   image that way).
+- ``with deferred_finite_checks(model):`` queues each recurrence's check that its final state
+  is finite (``check_finite``) instead of synchronising with the host once per layer, and checks
+  them all with one synchronisation when the block ends (the RFPN runs its levels this way).
 - :meth:`diagnostics` and the Neumann counters report on the convergence.
 """
 
@@ -23,7 +26,7 @@ from torch import nn
 
 from .diagnostics import fixed_point_residual, spectral_radius
 
-__all__ = ["RecurrenceControls", "StateRecord", "sweep"]
+__all__ = ["RecurrenceControls", "StateRecord", "sweep", "deferred_finite_checks"]
 
 
 @dataclass
@@ -44,6 +47,15 @@ class RecurrenceControls:
     _record: Optional[StateRecord] = None
     _sweep: Optional[dict] = None
     _neumann_stats: Optional[torch.Tensor] = None
+    _finite_queue: Optional[list] = None
+
+    def _check_state_finite(self, x: torch.Tensor, start: torch.Tensor, h: torch.Tensor) -> None:
+        """``check_finite``: raise now (one host synchronisation), or queue the check inside
+        :func:`deferred_finite_checks`."""
+        if self._finite_queue is not None:
+            self._finite_queue.append((self, torch.isfinite(h).all(), x, start))
+        elif not torch.isfinite(h).all():
+            self._raise_nonfinite(x, start)
 
     @property
     def lcp_collected(self) -> bool:
@@ -201,3 +213,28 @@ def sweep(model: nn.Module, counts: Sequence[int]) -> Iterator[Callable[[int], N
             layer._end_sweep()
         for module in joined:
             module.sweep_end()
+
+
+@contextlib.contextmanager
+def deferred_finite_checks(model: nn.Module) -> Iterator[None]:
+    """Queue the finite checks of ``model``'s recurrences made inside the block and make them
+    when it ends, with one host synchronisation for all of them; the first layer whose state
+    is not finite then raises its FloatingPointError (naming the layer and the step, as an
+    immediate check would). A layer already deferred by an enclosing block is left to it. If
+    the block raises, nothing is checked."""
+    model = getattr(model, "module", model)
+    layers = [
+        m for m in model.modules() if isinstance(m, RecurrenceControls) and m._finite_queue is None
+    ]
+    queue: list = []
+    for layer in layers:
+        layer._finite_queue = queue
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer._finite_queue = None
+    if queue and not bool(torch.stack([flag for _, flag, _, _ in queue]).all()):
+        for layer, flag, x, start in queue:
+            if not bool(flag):
+                layer._raise_nonfinite(x, start)

@@ -171,7 +171,8 @@ class Recurrence(RecurrenceControls, nn.Module):
             compilation fails.
         check_finite: after each forward, check the final state and raise FloatingPointError
             naming the layer (``name``) and the first non-finite step (one fused check and host
-            sync per forward; on by default).
+            sync per forward, or one for several layers inside
+            :func:`~.controls.deferred_finite_checks`; on by default).
         name: how errors and logs name the layer (rpanoptic's models pass its module path).
 
     After a training forward in "cbptt"/"crbp", ``lcp`` holds the penalty (a scalar tensor in the
@@ -285,8 +286,8 @@ class Recurrence(RecurrenceControls, nn.Module):
             else:
                 self.lcp = None
                 h, self.steps = self._infer(x, start, cacheable=h0 is None)
-        if self.check_finite and not torch.isfinite(h).all():
-            self._raise_nonfinite(x, start)
+        if self.check_finite:
+            self._check_state_finite(x, start, h)
         self._remember(x, h)
         return h
 

@@ -259,3 +259,13 @@ def test_anderson_keys_reach_every_recurrent_layer_and_change_only_inference_aft
         assert any(not torch.allclose(fast[k], plain[k]) for k in ("p3", "p4", "p5"))
     fast, plain = backbone(*anderson).train()(image), backbone().train()(image)  # with autograd
     assert all(torch.allclose(fast[k], plain[k], rtol=1e-6, atol=1e-7) for k in plain)
+
+
+def test_rfpn_checks_all_levels_with_one_host_synchronisation():
+    from rpanoptic.recurrence.memory import HostSyncCounter
+
+    model = build_model(tiny_cfg(RFPN)).eval()
+    assert len(model.backbone.rfpn) == 4
+    with HostSyncCounter() as syncs, torch.no_grad():
+        model.backbone(torch.randn(1, 3, 64, 64))
+    assert syncs.count == 1

@@ -270,3 +270,36 @@ def test_empty_batch_keeps_every_parameter_in_the_graph(grad):
     loss = h.sum() + (rec.lcp if rec.lcp is not None else 0)
     loss.backward()
     assert all(p.grad is not None and p.grad.abs().sum() == 0 for p in cell.parameters())
+
+
+def test_deferred_finite_checks_synchronise_once_and_name_the_first_diverged_layer():
+    from torch import nn
+
+    from rpanoptic.recurrence import deferred_finite_checks
+    from rpanoptic.recurrence.memory import HostSyncCounter
+
+    x = drive(dtype=torch.float64, requires_grad=False)
+    names = ("a", "b", "c")
+    layers = nn.ModuleList(
+        [Recurrence(LinearCell(0.5), 4, grad="rbp", name=n).eval() for n in names]
+    )
+    with HostSyncCounter() as immediate, torch.no_grad():
+        for rec in layers:
+            rec(x)
+    with HostSyncCounter() as deferred, torch.no_grad():
+        with deferred_finite_checks(layers):
+            for rec in layers:
+                rec(x)
+    assert immediate.count == 3 and deferred.count == 1
+    # b and c diverge; b, the first, is named; nothing raised before the block ended.
+    for rec in layers[1:]:
+        with torch.no_grad():
+            rec.cell.a.fill_(1e30)
+    huge = x * 1e300
+    outputs = []
+    with pytest.raises(FloatingPointError, match=r"'b'.*step 2 of 4"):
+        with torch.no_grad(), deferred_finite_checks(layers):
+            for rec in layers:
+                outputs.append(rec(huge))
+    assert len(outputs) == 3
+    assert all(rec._finite_queue is None for rec in layers)  # restored
