@@ -79,6 +79,22 @@ pathfinder-regime: $(STAMP)
 bench: $(STAMP)
 	$(PY) tools/benchmark.py engine
 
+# The cost table of each configuration against the feed-forward model (docs/BENCHMARKS.md, "What
+# each configuration costs"): on CPU, FLOPs, kernels and memory counted at 800 px and step-time
+# ratios at 256 px (about an hour on 2 busy cores); `make cost-gpu` fills the GPU rows (800 px:
+# time and peak memory uncapped, under a 16 GB cap, and with AMP; under 10 minutes on one GPU).
+COST_ARGS ?=
+.PHONY: cost cost-gpu
+cost: $(STAMP)
+	$(PY) tools/benchmark.py cost --threads 1 --output-dir output/benchmark_cost $(COST_ARGS)
+
+COST_GPU := $(PY) tools/benchmark.py cost --device cuda --image-size 800 --batch 2 \
+	--count-size 0 --rounds 1 --iters 3 --only ff,rfpn_crbp20_p2-p5_w256_output_dbwd,rfpn_crbp20_p2-p5_w256_output,rfpn_crbp20_default,rfpn_bptt3_default,rmask_crbp20
+cost-gpu: $(STAMP)
+	timeout 200 $(COST_GPU) --output-dir output/benchmark_cost_gpu $(COST_ARGS)
+	timeout 200 $(COST_GPU) --memory-cap-gb 16 --output-dir output/benchmark_cost_gpu_cap16 $(COST_ARGS)
+	timeout 200 $(COST_GPU) --amp --output-dir output/benchmark_cost_gpu_amp $(COST_ARGS)
+
 # docs/CONFIG.md, the config key reference, regenerated from the code (rpanoptic/config.py's
 # comments and the keys' rules); tests/modeling/test_config_reference.py fails while it is stale.
 .PHONY: config-doc

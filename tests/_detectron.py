@@ -41,6 +41,11 @@ TINY = [
     "MODEL.RECURRENT.TIMESTEPS", 3,
     "MODEL.RECURRENT.NEUMANN_STEPS", 3,
     "MODEL.HGRU.GN_GROUPS", 8,
+    # The tiny RFPN: a recurrence on every level's output at the FPN's 32 channels (the shipped
+    # top-down, narrow layout has tests of its own, and the LazyConfig test trains it).
+    "MODEL.RFPN.LEVELS", ["p2", "p3", "p4", "p5"],
+    "MODEL.RFPN.WIDTHS", [],
+    "MODEL.RFPN.PLACEMENT", "output",
     "INPUT.MIN_SIZE_TEST", 128,
     "INPUT.MAX_SIZE_TEST", 128,
 ]  # fmt: skip

@@ -1,6 +1,7 @@
 """LazyConfig of configs/COCO-PanopticSegmentation/panoptic_rfpn_R_50_crbp20_1x.yaml: Detectron2's
-Panoptic FPN R-50 1x with hGRU recurrences at p2-p5 (residual scales starting at 0), trained
-with C-RBP for 20 steps. Train it with tools/lazyconfig_train_net.py."""
+Panoptic FPN R-50 1x with hGRU recurrences at p3-p5 in the FPN's top-down path, at 32/64/128
+channels between 1x1 projections (residual scales starting at 0), trained with C-RBP for 20
+steps. Train it with tools/lazyconfig_train_net.py."""
 
 from detectron2 import model_zoo
 from detectron2.config import LazyCall as L
@@ -15,6 +16,7 @@ train = _zoo.train
 train.update(recurrent_train)
 model = _zoo.model
 
+WIDTHS = {"p3": 32, "p4": 64, "p5": 128}
 _fpn = model.backbone
 model.backbone = L(RFPN)(
     bottom_up=_fpn.bottom_up,
@@ -23,9 +25,11 @@ model.backbone = L(RFPN)(
     top_block=_fpn.top_block,
     recurrences=L(level_recurrences)(
         **{
-            level: hgru_recurrence(256, f"backbone.rfpn.{level}.recurrence")
-            for level in ("p2", "p3", "p4", "p5")
+            level: hgru_recurrence(width, f"backbone.rfpn.{level}.recurrence", gn_groups=8)
+            for level, width in WIDTHS.items()
         }
     ),
     scale_init=0.0,
+    placement="topdown",
+    widths=WIDTHS,
 )

@@ -6,9 +6,11 @@ from detectron2.config import LazyCall as L
 from rpanoptic.recurrence import HGRUCell, Recurrence
 
 
-def hgru_recurrence(channels: int, name: str, timesteps: int = 20, grad: str = "crbp"):
-    """A Recurrence of an HGRUCell with ``channels``; ``name`` is its module path in the model
-    (errors and logs name the layer by it)."""
+def hgru_recurrence(
+    channels: int, name: str, timesteps: int = 20, grad: str = "crbp", gn_groups: int = 32
+):
+    """A Recurrence of an HGRUCell with ``channels`` (GroupNorm in ``gn_groups`` groups);
+    ``name`` is its module path in the model (errors and logs name the layer by it)."""
     return L(Recurrence)(
         cell=L(HGRUCell)(
             channels=channels,
@@ -16,7 +18,7 @@ def hgru_recurrence(channels: int, name: str, timesteps: int = 20, grad: str = "
             norm="GN",
             nonlinearity="softplus",
             timesteps=timesteps,
-            gn_groups=32,
+            gn_groups=gn_groups,
         ),
         timesteps=timesteps,
         grad=grad,

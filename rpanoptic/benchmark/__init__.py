@@ -10,6 +10,7 @@ TASKS = {
     "engine": ("rpanoptic.benchmark.engine", "one recurrence: memory and time against N and mode"),
     "solvers": ("rpanoptic.benchmark.solvers", "backward solvers: gradient error and step time"),
     "model": ("rpanoptic.benchmark.model", "whole models against the feed-forward baseline"),
+    "cost": ("rpanoptic.benchmark.cost", "the cost table: FLOPs, kernels, memory, time ratios"),
     "predict": ("rpanoptic.benchmark.predict", "images per second of the predictor, with halting"),
     "fixed-point": ("rpanoptic.benchmark.fixed_point", "a trained model's distance to h*"),
     "profile": ("rpanoptic.benchmark.profile", "a training step's time by engine phase"),

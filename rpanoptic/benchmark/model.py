@@ -128,54 +128,81 @@ def synthetic_batch(n, size, num_classes, num_stuff, device, seed=0):
     return batch
 
 
+class Bench:
+    """One configuration built for measuring: the model with random weights, a synthetic batch
+    and its training step and inference forward (see the module docstring)."""
+
+    def __init__(self, config_file, opts, args):
+        import torch
+
+        from ..engine.setup import get_rpanoptic_cfg
+        from ..modeling import build_model, recurrent_layers
+
+        torch.manual_seed(0)
+        fixed = ["MODEL.WEIGHTS", "", "MODEL.DEVICE", args.device]
+        fixed += ["MODEL.RESNETS.NORM", "GN", "MODEL.FPN.NORM", "GN"]
+        self.cfg = cfg = get_rpanoptic_cfg(config_file, [*fixed, *opts])
+        self.device = device = torch.device(cfg.MODEL.DEVICE)
+        self.model = build_model(cfg).to(device)
+        self.layers = list(recurrent_layers(self.model).values())
+        self._collecting = contextlib.ExitStack()  # the step adds the penalty itself, as LCPHook
+        for layer in self.layers:
+            self._collecting.enter_context(layer.using(lcp_collected=True))
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=1e-4)
+        heads = cfg.MODEL.ROI_HEADS.NUM_CLASSES, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+        self.batch = synthetic_batch(args.batch, args.image_size, *heads, device)
+        self.cuda = device.type == "cuda"
+        self.sync = torch.cuda.synchronize if self.cuda else (lambda: None)
+        if args.amp and not self.cuda:
+            raise ValueError("--amp needs a CUDA device (as Detectron2's AMPTrainer)")
+        self.amp = bool(args.amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+
+    def autocast(self):
+        import torch
+
+        return torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp)
+
+    def train_loss(self):
+        """The training forward: the losses plus LCP_WEIGHT x the penalties (a scalar)."""
+        import torch
+        from detectron2.utils.events import EventStorage
+
+        self.model.train()
+        with EventStorage(0), self.autocast():
+            loss = sum(self.model(self.batch).values())
+        penalties = [layer.lcp for layer in self.layers if layer.constrained]
+        if penalties:
+            loss = loss + self.cfg.MODEL.RECURRENT.LCP_WEIGHT * torch.stack(penalties).sum()
+        return loss
+
+    def train_step(self):
+        """Forward, backward and an SGD step."""
+        loss = self.train_loss()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+
+    def infer(self):
+        """Inference on the first image; returns the mean steps of each recurrent layer."""
+        import torch
+
+        self.model.eval()
+        with torch.no_grad(), self.autocast():
+            self.model(self.batch[:1])
+        return [layer.steps.float().mean().item() for layer in self.layers if layer.steps.numel()]
+
+
 def measure(label, config_file, opts, args, round_index=0):
     """Build one configuration and measure it; returns a result row (runs in its own process);
     ``round_index`` (--rounds) is only recorded."""
     import torch
-    from detectron2.utils.events import EventStorage
 
-    from ..engine.setup import get_rpanoptic_cfg
-    from ..modeling import build_model, recurrent_layers
-
-    torch.manual_seed(0)
-    fixed = ["MODEL.WEIGHTS", "", "MODEL.DEVICE", args.device]
-    fixed += ["MODEL.RESNETS.NORM", "GN", "MODEL.FPN.NORM", "GN"]
-    cfg = get_rpanoptic_cfg(config_file, [*fixed, *opts])
-    device = torch.device(cfg.MODEL.DEVICE)
-    model = build_model(cfg).to(device)
-    layers = list(recurrent_layers(model).values())
-    collecting = contextlib.ExitStack()  # the step below adds the penalty itself, as LCPHook
-    for layer in layers:
-        collecting.enter_context(layer.using(lcp_collected=True))
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
-    heads = cfg.MODEL.ROI_HEADS.NUM_CLASSES, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
-    batch = synthetic_batch(args.batch, args.image_size, *heads, device)
-    cuda = device.type == "cuda"
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    if args.amp and not cuda:
-        raise ValueError("--amp needs a CUDA device (as Detectron2's AMPTrainer)")
-    scaler = torch.amp.GradScaler("cuda", enabled=args.amp)
-
-    def autocast():
-        return torch.autocast(device.type, dtype=torch.float16, enabled=args.amp)
-
-    def train_step():
-        model.train()
-        with EventStorage(0), autocast():
-            loss = sum(model(batch).values())
-        penalties = [layer.lcp for layer in layers if layer.constrained]
-        if penalties:
-            loss = loss + cfg.MODEL.RECURRENT.LCP_WEIGHT * torch.stack(penalties).sum()
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-
-    def infer():
-        model.eval()
-        with torch.no_grad(), autocast():
-            model(batch[:1])
-        return [layer.steps.float().mean().item() for layer in layers if layer.steps.numel()]
+    bench = Bench(config_file, opts, args)
+    cfg, device, layers, model = bench.cfg, bench.device, bench.layers, bench.model
+    cuda, sync = bench.cuda, bench.sync
+    train_step, infer = bench.train_step, bench.infer
 
     if cuda:  # on GPU the configurations share a process: drop the last one's tensors first
         if args.memory_cap_gb:

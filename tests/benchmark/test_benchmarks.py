@@ -335,3 +335,73 @@ def test_the_fixed_point_benchmark_counts_steps_by_the_halting_rule(tmp_path):
     for layer in layers:  # the same h_N and reference for every solver of a layer
         assert len({r["distance_at_N"] for r in rows if r["layer"] == layer}) == 1
     assert (tmp_path / "out" / "fixed_point.png").stat().st_size > 0
+
+
+def test_operation_counter_counts_convolution_flops_and_map_sized_kernels():
+    from rpanoptic.benchmark.counting import OperationCounter
+
+    x = torch.randn(2, 8, 12, 12, requires_grad=True)
+    w = torch.randn(4, 8, 3, 3, requires_grad=True)
+    with OperationCounter() as forward:
+        y = torch.nn.functional.conv2d(x, w, padding=1)
+    assert forward.flops == 2 * (2 * 4 * 12 * 12) * (8 * 3 * 3)  # 2 FLOPs a multiply-add
+    assert forward.kernels == 1 and forward.map_kernel_flops == 0
+    with OperationCounter() as backward:
+        y.square().sum().backward()
+    assert backward.flops == 2 * forward.flops  # input and weight gradients
+    # A feature map used as a kernel (what a convolution's double backward dispatches).
+    with OperationCounter() as mapped:
+        torch.nn.functional.conv2d(x.detach(), torch.randn(4, 8, 12, 12), padding=0)
+    assert mapped.map_kernel_flops == mapped.flops > 0
+
+
+def test_cost_ratios_are_taken_within_each_round():
+    from rpanoptic.benchmark import cost
+
+    args = cost.parse_args(["--only", "rmask_crbp20", "--count-size", "0", "--rounds", "2"])
+    assert args.labels == ["ff", "rmask_crbp20"]  # the baseline is always measured
+
+    def row(model, r, train, infer, gflop):
+        out = {"model": model, "round": r, "train_ms": train, "infer_ms": infer}
+        if r == 0:
+            out.update({"c256_train_gflop": gflop, "c256_infer_gflop": gflop / 3})
+        return out
+
+    rows = [
+        row("ff", 0, 100.0, 10.0, 150.0),
+        row("rmask_crbp20", 0, 130.0, 12.0, 180.0),
+        row("ff", 1, 200.0, 20.0, 0),  # a loaded round: both twice as slow
+        row("rmask_crbp20", 1, 280.0, 24.0, 0),
+    ]
+    table = cost.combine(rows, args)
+    rmask = table[1]
+    assert rmask["train_time_ratio"] == pytest.approx((1.3 + 1.4) / 2)
+    assert rmask["train_time_ratio_range"] == "1.30-1.40"
+    assert rmask["infer_time_ratio"] == pytest.approx(1.2)
+    assert rmask["c256_train_flop_ratio"] == pytest.approx(1.2)
+    assert table[0]["c256_train_flop_ratio"] == 1.0
+
+
+@pytest.mark.slow
+def test_cost_table_counts_and_times_a_tiny_model(tmp_path):
+    argv = ["cost", "--only", "rfpn_crbp20_default", "--image-size", "64", "--batch", "1"]
+    argv += ["--count-size", "96", "--rounds", "1", "--iters", "1", "--warmup", "0"]
+    argv += ["--device", "cpu", "--output-dir", str(tmp_path), *TINY]
+    done = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools", "benchmark.py"), *argv],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    with open(tmp_path / "results.csv") as f:
+        rows = {r["model"]: r for r in csv.DictReader(f)}
+    ff, rfpn = rows["ff"], rows["rfpn_crbp20_default"]
+    for size in (64, 96):
+        assert float(rfpn[f"c{size}_train_gflop"]) > float(ff[f"c{size}_train_gflop"]) > 0
+        assert int(rfpn[f"c{size}_train_kernels"]) > int(ff[f"c{size}_train_kernels"])
+        assert float(rfpn[f"c{size}_saved_mb"]) > 0
+        assert float(rfpn[f"c{size}_map_kernel_gflop"]) == 0  # the penalty by a forward product
+    assert float(rfpn["train_time_ratio"]) > 0 and (tmp_path / "cost.png").exists()
+    with open(tmp_path / "targets.csv") as f:
+        goals = [r["goal"] for r in csv.DictReader(f)]
+    assert any("train_flop_ratio" in g for g in goals)

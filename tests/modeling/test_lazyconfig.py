@@ -38,7 +38,8 @@ def test_lazy_rfpn_trains_a_step_with_the_penalty():
     model_cfg.backbone.bottom_up.stages.norm = "GN"
     del model_cfg.backbone.bottom_up.stages.stride_in_1x1  # not an argument of BasicBlock
     model_cfg.backbone.bottom_up.stem.norm = "GN"
-    for level in ("p2", "p3", "p4", "p5"):
+    assert model_cfg.backbone.placement == "topdown"  # the shipped layout, trained here
+    for level in model_cfg.backbone.widths:
         rec = model_cfg.backbone.recurrences[level]
         rec.timesteps, rec.neumann_steps, rec.cell.timesteps = 3, 3, 3
     model_cfg.roi_heads.batch_size_per_image = 32
