@@ -50,10 +50,14 @@ class _Softplus(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x):
+    def forward(x):
+        return x.clamp(min=0) + torch.log(1 + torch.exp(-x.abs()))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        (x,) = inputs
         ctx.save_for_backward(x)
         ctx.save_for_forward(x)
-        return x.clamp(min=0) + torch.log(1 + torch.exp(-x.abs()))
 
     @staticmethod
     def backward(ctx, grad):
