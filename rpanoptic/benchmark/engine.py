@@ -4,7 +4,9 @@ For each input shape (a mask-head batch of RoIs and an FPN level), each learning
 N it measures, for one training step of an hGRU recurrence (forward, loss = mean(h^2) + LCP,
 backward). The modes are bptt, cbptt, rbp, crbp; "rbp+compile" and "crbp+compile" (the
 graph-free steps through torch.compile, ``Recurrence(compile_steps=True)``; compiled in a
-warm-up step at the full shape, not timed); and "crbp_ref", C-RBP as the authors' code
+warm-up step at the full shape, not timed); "crbp+dbwd" (the penalty's gradient by double
+backward, ``lcp_gradient="double_backward"``, instead of the default forward-mode product); and
+"crbp_ref", C-RBP as the authors' code
 organises it, for comparison: the last step's graph and the penalty's double-backward graph are
 kept from the forward pass, and a hook on h_N replaces its gradient by the Neumann sum through
 that graph (no recomputation, more memory). It records:
@@ -42,7 +44,8 @@ def parse_args(argv=None):
     p.add_argument(
         "--grads",
         default="bptt,cbptt,rbp,crbp",
-        help="learning modes: bptt, cbptt, rbp, crbp, rbp+compile, crbp+compile, crbp_ref",
+        help="learning modes: bptt, cbptt, rbp, crbp, rbp+compile, crbp+compile, crbp_ref, "
+        "crbp+dbwd (the penalty's gradient by double backward)",
     )
     p.add_argument("--shapes", default="mask,fpn", help=f"any of {','.join(SHAPES)}")
     p.add_argument("--neumann-steps", type=int, default=15, help="K")
@@ -121,6 +124,7 @@ def measure(shape_name, grad, timesteps, args):
         grad="crbp" if mode == "crbp_ref" else mode,
         neumann_steps=args.neumann_steps,
         compile_steps=variant == "compile",
+        lcp_gradient="double_backward" if variant == "dbwd" else "jvp",
     ).train()
 
     def forward(x):
