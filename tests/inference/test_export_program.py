@@ -52,11 +52,16 @@ def _export_quietly(export, load, model, image, path):
     return run
 
 
-@pytest.mark.parametrize("config", [RFPN, RMASK])
+# The shipped COCO RFPN layout, tiny: p3-p5 in the top-down path, narrower than the FPN.
+TOPDOWN = ("MODEL.RFPN.LEVELS", ["p3", "p4", "p5"], "MODEL.RFPN.WIDTHS", [8, 16, 32])
+TOPDOWN += ("MODEL.RFPN.PLACEMENT", "topdown")
+
+
+@pytest.mark.parametrize("config, extra", [(RFPN, ()), (RFPN, TOPDOWN), (RMASK, ())])
 @pytest.mark.slow
-def test_exported_program_equals_eager(config, tmp_path):
+def test_exported_program_equals_eager(config, extra, tmp_path):
     torch.manual_seed(0)
-    cfg = tiny_cfg(config, "MODEL.RECURRENT.TEST_TIMESTEPS", 2, *KEEP_ALL)
+    cfg = tiny_cfg(config, "MODEL.RECURRENT.TEST_TIMESTEPS", 2, *KEEP_ALL, *extra)
     model = build_model(cfg).eval()
     exported_on, other = _images()
     path = str(tmp_path / "model.pt2")
