@@ -183,20 +183,19 @@ def _layout(rng, spec: EnclosureSpec):
         outline = _draw(size, lambda d, poly=poly: _line(d, poly + poly[:1], spec.thickness))
         outlines |= ndimage.binary_dilation(outline, iterations=spec.margin)
     tokens, taken = [], np.zeros((size, size), dtype=bool)
-    for loop, inside in zip(loops, interiors):
-        for _ in range(int(rng.integers(spec.tokens_inside[0], spec.tokens_inside[1] + 1))):
-            token = _place_token(rng, spec, inside & ~outlines, taken)
+
+    def place(count_range, allowed, loop):
+        nonlocal taken
+        for _ in range(int(rng.integers(count_range[0], count_range[1] + 1))):
+            token = _place_token(rng, spec, allowed & ~outlines, taken)
             if token is not None:
-                token["loop"] = loop
-                tokens.append(token)
-                taken |= ndimage.binary_dilation(token["mask"], iterations=spec.margin)
+                tokens.append(dict(token, loop=loop))
+                taken = taken | ndimage.binary_dilation(token["mask"], iterations=spec.margin)
+
+    for loop, inside in zip(loops, interiors):
+        place(spec.tokens_inside, inside, loop)
     anywhere_outside = ~np.any(interiors, axis=0) if interiors else np.ones((size, size), bool)
-    for _ in range(int(rng.integers(spec.tokens_outside[0], spec.tokens_outside[1] + 1))):
-        token = _place_token(rng, spec, anywhere_outside & ~outlines, taken)
-        if token is not None:
-            token["loop"] = None
-            tokens.append(token)
-            taken |= ndimage.binary_dilation(token["mask"], iterations=spec.margin)
+    place(spec.tokens_outside, anywhere_outside, None)
     for loop in loops:
         own = [t for t in tokens if t["loop"] is loop]
         loop["closed"] = bool(rng.random() < spec.closed)
