@@ -4,7 +4,9 @@ from .loaders import load_panoptic_json, load_panoptic_separated
 from .metadata import panoptic_metadata, stuff_id_map
 from .panoptic import register_panoptic_dataset, standard_dataset
 from .stuff_png import panoptic_to_semantic, separate_semantic_from_panoptic
+from .enclosure_scene import EnclosureSpec, make_enclosure_scene
 from .synthetic import (
+    KINDS,
     ensure_synthetic_dataset,
     generate_synthetic_panoptic,
     register_synthetic_panoptic,
@@ -14,6 +16,9 @@ from .synthetic_scene import SceneSpec, make_scene
 from .validate import validate_panoptic_dataset
 
 __all__ = [
+    "KINDS",
+    "EnclosureSpec",
+    "make_enclosure_scene",
     "SceneSpec",
     "ensure_synthetic_dataset",
     "generate_synthetic_panoptic",

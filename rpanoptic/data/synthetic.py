@@ -10,7 +10,11 @@ Layout under ``<datasets>/synthetic_panoptic/`` (COCO's, with ``train``/``val`` 
     generator.json                       how it was made (seed, counts, scene spec); written last
 
 ``<datasets>`` is ``$RPANOPTIC_DATASETS``, else ``$DETECTRON2_DATASETS``, else ``datasets``.
-The scenes themselves are drawn in ``synthetic_scene.py``.
+Two kinds of scene (``KINDS``), told apart by the spec passed: ``SceneSpec`` draws the curve
+scenes of ``synthetic_scene.py`` (folder ``synthetic_panoptic``, datasets
+``synthetic_panoptic_*``); ``EnclosureSpec`` the enclosure scenes of ``enclosure_scene.py``
+(folder ``synthetic_enclosure``, datasets ``synthetic_enclosure_*``), whose labels need long-range
+grouping.
 """
 
 import dataclasses
@@ -29,10 +33,13 @@ from pycocotools import mask as mask_util
 from ..utils import atomic_write_json
 from .panoptic import forget_registration, register_panoptic_dataset
 from .stuff_png import separate_semantic_from_panoptic
+from .enclosure_scene import ENCLOSURE_CATEGORIES, EnclosureSpec, make_enclosure_scene
 from .synthetic_scene import CATEGORIES, SceneSpec, make_scene
 from .validate import validate_panoptic_dataset
 
 __all__ = [
+    "KINDS",
+    "scene_kind",
     "SPLITS",
     "datasets_root",
     "synthetic_paths",
@@ -46,6 +53,43 @@ logger = logging.getLogger(__name__)
 
 SPLITS = {"train": 0, "val": 1}  # split -> the stream of random numbers it draws from
 FOLDER = "synthetic_panoptic"
+
+
+@dataclasses.dataclass(frozen=True)
+class SceneKind:
+    """A kind of synthetic scene: its spec class, how a scene is drawn, its categories, and the
+    folder and dataset-name prefix it is written and registered under by default."""
+
+    name: str
+    spec: type
+    make: object
+    categories: list
+    folder: str
+
+
+KINDS = {
+    "curves": SceneKind("curves", SceneSpec, make_scene, CATEGORIES, FOLDER),
+    "enclosure": SceneKind(
+        "enclosure",
+        EnclosureSpec,
+        make_enclosure_scene,
+        ENCLOSURE_CATEGORIES,
+        "synthetic_enclosure",
+    ),
+}
+
+
+def scene_kind(spec) -> SceneKind:
+    """The :class:`SceneKind` of a spec (by its class); TypeError for anything else."""
+    for kind in KINDS.values():
+        if type(spec) is kind.spec:
+            return kind
+    raise TypeError(
+        f"synthetic dataset: {type(spec).__name__} is not a scene spec; give one of "
+        f"{', '.join(k.spec.__name__ for k in KINDS.values())}"
+    )
+
+
 PREPARE = "python datasets/prepare_synthetic_panoptic.py"
 
 
@@ -76,11 +120,12 @@ def _encode_ids(ids: np.ndarray) -> np.ndarray:
 def _one_image(index: int, split: str, seed: int, spec: SceneSpec, paths: Dict[str, str]):
     """Draw and write image ``index`` of ``split``; returns its JSON entries."""
     rng = np.random.default_rng([seed, SPLITS[split], index])
-    image, ids, segments = make_scene(rng, spec)
+    kind = scene_kind(spec)
+    image, ids, segments = kind.make(rng, spec)
     stem = f"{index:06d}"
     Image.fromarray(image).save(os.path.join(paths["image_root"], stem + ".jpg"), quality=92)
     Image.fromarray(_encode_ids(ids)).save(os.path.join(paths["panoptic_root"], stem + ".png"))
-    things = {c["id"] for c in CATEGORIES if c["isthing"]}
+    things = {c["id"] for c in kind.categories if c["isthing"]}
     segments_info, instances = [], []
     for seg in segments:
         rle = mask_util.encode(np.asfortranarray((ids == seg["id"]).astype(np.uint8)))
@@ -118,13 +163,14 @@ def _generate_split(root, split, count, seed, spec, workers, progress) -> None:
             results = tqdm(results, total=count, desc=f"synthetic {split}", unit="img")
         results = list(results)
     instances = [dict(a, id=k + 1) for k, a in enumerate(a for r in results for a in r[2])]
-    info = {"description": f"rpanoptic synthetic panoptic, {split}", "version": "1.0"}
+    kind = scene_kind(spec)
+    info = {"description": f"rpanoptic synthetic {kind.name}, {split}", "version": "1.0"}
     common = {"info": info, "licenses": [], "images": [r[0] for r in results]}
     atomic_write_json(
         paths["panoptic_json"],
-        dict(common, annotations=[r[1] for r in results], categories=CATEGORIES),
+        dict(common, annotations=[r[1] for r in results], categories=kind.categories),
     )
-    things = [c for c in CATEGORIES if c["isthing"]]
+    things = [c for c in kind.categories if c["isthing"]]
     atomic_write_json(
         paths["instances_json"], dict(common, annotations=instances, categories=things)
     )
@@ -146,8 +192,12 @@ class _Serial:
         return map(fn, items)
 
 
-def _recipe(counts: Dict[str, int], seed: int, spec: SceneSpec) -> dict:
-    return {"seed": seed, "counts": dict(counts), "spec": dataclasses.asdict(spec)}
+def _recipe(counts: Dict[str, int], seed: int, spec) -> dict:
+    recipe = {"seed": seed, "counts": dict(counts), "spec": dataclasses.asdict(spec)}
+    kind = scene_kind(spec).name
+    if kind != "curves":  # a recipe without "kind" is of the curve scenes (written before kinds)
+        recipe["kind"] = kind
+    return recipe
 
 
 def generate_synthetic_panoptic(
@@ -155,7 +205,7 @@ def generate_synthetic_panoptic(
     counts: Optional[Dict[str, int]] = None,
     *,
     seed: int = 0,
-    spec: SceneSpec = SceneSpec(),
+    spec=SceneSpec(),
     workers: int = 1,
     overwrite: bool = False,
     progress: bool = False,
@@ -171,7 +221,8 @@ def generate_synthetic_panoptic(
         root: the dataset folder.
         counts: images per split, default {"train": 400, "val": 50}.
         seed: the seed of every scene.
-        spec: what scenes contain (image size, number of things, ...).
+        spec: what scenes contain (image size, number of things, ...), and by its class which
+            kind of scene (:data:`KINDS`): a ``SceneSpec`` or an ``EnclosureSpec``.
         workers: processes drawing images.
         overwrite: write even when the recipe is already there, or replace a dataset made with
             another recipe (without it, that is a ValueError listing what differs).
@@ -209,9 +260,7 @@ def generate_synthetic_panoptic(
     return True
 
 
-def recipe_differences(
-    root: str, counts: Dict[str, int], seed: int = 0, spec: SceneSpec = SceneSpec()
-) -> list:
+def recipe_differences(root: str, counts: Dict[str, int], seed: int = 0, spec=SceneSpec()) -> list:
     """How the dataset in ``root`` was made differently from (seed, counts, spec), as
     ["field: there X, asked Y", ...]; ["no generator.json"] when ``root`` has no readable record
     of its recipe; [] when the recipes agree."""
@@ -223,9 +272,9 @@ def recipe_differences(
         return ["no generator.json"]
     # A spec field added after a dataset was made is read as its default, which draws the
     # same scenes as before the field existed.
-    defaults = json.loads(json.dumps(dataclasses.asdict(SceneSpec())))
+    defaults = json.loads(json.dumps(dataclasses.asdict(type(spec)())))
     flat = lambda r: {  # noqa: E731
-        **{"seed": r.get("seed"), "counts": r.get("counts")},
+        **{"kind": r.get("kind", "curves"), "seed": r.get("seed"), "counts": r.get("counts")},
         **{f"spec.{k}": v for k, v in {**defaults, **(r.get("spec") or {})}.items()},
     }
     ours, theirs = flat(wanted), flat(there)
@@ -252,21 +301,24 @@ def _split_intact(root: str, split: str) -> bool:
         return False
 
 
-def _check_present(name: str, root: str, split: str) -> None:
+def _check_present(name: str, root: str, split: str, kind: str = "curves") -> None:
     marker, paths = os.path.join(root, "generator.json"), synthetic_paths(root, split)
     if not os.path.isfile(marker) or not os.path.isfile(paths["panoptic_json"]):
+        flag = "" if kind == "curves" else f" --kind {kind}"
         raise FileNotFoundError(
-            f"dataset {name!r}: the synthetic panoptic {split} split is not in {root} (or its "
-            f"generation did not finish). Make it with: {PREPARE} --root "
+            f"dataset {name!r}: the synthetic {kind} {split} split is not in {root} (or its "
+            f"generation did not finish). Make it with: {PREPARE}{flag} --root "
             f"{os.path.dirname(os.path.abspath(root))}"
         )
 
 
 def register_synthetic_panoptic(
-    root: Optional[str] = None, prefix: str = "synthetic_panoptic"
+    root: Optional[str] = None, prefix: str = "", kind: str = "curves"
 ) -> Dict[str, int]:
     """Register ``<prefix>_{train,val}`` (standard panoptic), ``..._separated`` (Panoptic FPN's)
-    and ``..._stuffonly``, reading from ``root`` (default ``<datasets>/synthetic_panoptic``).
+    and ``..._stuffonly`` of the ``kind`` of scene (:data:`KINDS`), reading from ``root``
+    (default ``<datasets>/<the kind's folder>``); the default prefix is the kind's folder
+    (``synthetic_panoptic``, ``synthetic_enclosure``).
 
     The files need not exist yet: they are checked (and a missing split fails with the command
     that makes it) when a dataset is first loaded. Registering again replaces the names.
@@ -275,7 +327,11 @@ def register_synthetic_panoptic(
         the config values the dataset needs (``MODEL.ROI_HEADS.NUM_CLASSES``,
         ``MODEL.SEM_SEG_HEAD.NUM_CLASSES``).
     """
-    root = root or os.path.join(datasets_root(), FOLDER)
+    if kind not in KINDS:
+        raise ValueError(f"synthetic dataset kind {kind!r}: choose one of {sorted(KINDS)}")
+    scenes = KINDS[kind]
+    root = root or os.path.join(datasets_root(), scenes.folder)
+    prefix = prefix or scenes.folder
     for split in SPLITS:
         name = f"{prefix}_{split}"
         for registered in (name, f"{name}_separated", f"{name}_stuffonly"):
@@ -286,8 +342,8 @@ def register_synthetic_panoptic(
         num_classes = register_panoptic_dataset(
             name,
             **synthetic_paths(root, split),
-            categories=CATEGORIES,
-            before_load=functools.partial(_check_present, name, root, split),
+            categories=scenes.categories,
+            before_load=functools.partial(_check_present, name, root, split, kind),
         )
     return num_classes
 
@@ -297,22 +353,25 @@ def ensure_synthetic_dataset(
     seed: int = 0,
     size: int = SceneSpec.size,
     root: str = "",
-    spec: Optional[SceneSpec] = None,
+    spec=None,
 ) -> str:
     """Generate the synthetic dataset (``size`` px images, or ``spec``'s scenes) into ``root``
     unless it is there with the same recipe (one made with another recipe raises ValueError
     and is left as it is); registers it and returns its folder. The default root is
-    ``<datasets>/synthetic_panoptic``, and ``synthetic_panoptic_<fields>`` for a ``spec`` that
-    differs from the default scenes in more than the size (so variants never overwrite it)."""
+    ``<datasets>/synthetic_panoptic`` (``synthetic_enclosure`` for an ``EnclosureSpec``), and
+    ``<folder>_<fields>`` for a ``spec`` that differs from its kind's default scenes in more
+    than the size (so variants never overwrite it)."""
     spec = spec or SceneSpec(size=size)
+    kind = scene_kind(spec)
     if not root:
-        default = dataclasses.asdict(SceneSpec(size=spec.size))
+        default = dataclasses.asdict(type(spec)(size=spec.size))
         changed = [f"{k}{v}" for k, v in dataclasses.asdict(spec).items() if default[k] != v]
-        name = "_".join([FOLDER] + changed).replace(" ", "").replace("(", "").replace(")", "")
+        name = "_".join([kind.folder] + changed)
+        name = name.replace(" ", "").replace("(", "").replace(")", "")
         root = os.path.join(datasets_root(), name.replace(",", "-"))
     if generate_synthetic_panoptic(
         root, counts, seed=seed, spec=spec, workers=os.cpu_count() or 1, progress=True
     ):
         logger.info("Wrote the synthetic panoptic dataset to %s", root)
-    register_synthetic_panoptic(root)
+    register_synthetic_panoptic(root, kind=kind.name)
     return root
