@@ -12,14 +12,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = [
-    "batch_coupled",
-    "as_groups",
-    "group_norm",
-    "expand_as",
-    "frozen_running_stats",
-    "untracked_running_stats",
-]
+__all__ = ["batch_coupled", "as_groups", "group_norm", "expand_as", "frozen_running_stats"]
 
 
 def batch_coupled(module: nn.Module) -> bool:
@@ -57,23 +50,3 @@ def frozen_running_stats(module: nn.Module):
         with torch.no_grad():
             for buf, copy in saved:
                 buf.copy_(copy)
-
-
-@contextmanager
-def untracked_running_stats(module: nn.Module):
-    """Run ``module`` once more in training mode without touching BN running statistics: the
-    batch statistics are used as in training, and the running ones are neither updated nor
-    saved by the graph (so that, unlike :func:`frozen_running_stats`, nothing is restored in
-    place afterwards, and a graph kept for a later backward stays valid)."""
-    changed = [
-        m
-        for m in module.modules()
-        if isinstance(m, _BatchNorm) and m.training and m.track_running_stats
-    ]
-    for m in changed:
-        m.track_running_stats = False
-    try:
-        yield
-    finally:
-        for m in changed:
-            m.track_running_stats = True

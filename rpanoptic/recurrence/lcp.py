@@ -76,9 +76,11 @@ __all__ = [
     "power_vector",
     "power_lcp",
     "penalty_and_direction",
+    "step_with_tangent",
+    "tangent_surrogate",
     "jvp_surrogate",
+    "try_step_with_tangent",
     "forward_mode_unsupported",
-    "warn_forward_mode_fallback",
 ]
 
 LCP_REDUCTIONS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -174,24 +176,36 @@ def penalty_and_direction(
     return value, (w / u.numel() if reduction == "mean" else w)
 
 
+def step_with_tangent(
+    step: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor, w: torch.Tensor
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(step(h), J w) for J = d step(h) / dh, by one forward-mode pass through ``step``; both
+    keep their graph (the primal's for backward through the step, the tangent's for the
+    penalty's gradient). J w is zero when the step does not depend on h.
+
+    Raises whatever forward mode raises for an operation without a forward-mode formula
+    (NotImplementedError or RuntimeError)."""
+    with fwAD.dual_level():
+        out, tangent = fwAD.unpack_dual(step(fwAD.make_dual(h, w.to(h.dtype))))
+    return out, (torch.zeros_like(out) if tangent is None else tangent)
+
+
+def tangent_surrogate(tangent: torch.Tensor, v: Optional[torch.Tensor]) -> torch.Tensor:
+    """<v, J w> from the tangent J w (v None: the ones-vector). Its gradient is the penalty's
+    gradient when w = dP/du (see :func:`penalty_and_direction`)."""
+    return tangent.sum() if v is None else (tangent * v).sum()
+
+
 def jvp_surrogate(
     step: Callable[[torch.Tensor], torch.Tensor],
     h: torch.Tensor,
     v: Optional[torch.Tensor],
     w: torch.Tensor,
 ) -> torch.Tensor:
-    """<v, J w> for J = d step(h) / dh (v None: the ones-vector), with J w computed by one
-    forward-mode pass through ``step``. Differentiable with respect to whatever ``step`` reads
-    (its module's parameters, its input x, and h when h has a graph): its gradient is the
-    penalty's gradient when w = dP/du (see :func:`penalty_and_direction`).
-
-    Raises whatever forward mode raises for an operation without a forward-mode formula
-    (NotImplementedError or RuntimeError)."""
-    with fwAD.dual_level():
-        tangent = fwAD.unpack_dual(step(fwAD.make_dual(h, w.to(h.dtype)))).tangent
-    if tangent is None:  # the step does not depend on h: J = 0
-        return h.new_zeros(())
-    return tangent.sum() if v is None else (tangent * v).sum()
+    """<v, J w> for J = d step(h) / dh, with J w from :func:`step_with_tangent`.
+    Differentiable with respect to whatever ``step`` reads (its module's parameters, its input
+    x, and h when h has a graph). Raises as :func:`step_with_tangent`."""
+    return tangent_surrogate(step_with_tangent(step, h, w)[1], v)
 
 
 _FALLBACK_WARNED = set()
@@ -206,7 +220,7 @@ def forward_mode_unsupported(error: Exception) -> bool:
     return any(k in text for k in ("forward ad", "forward-mode", "forward mode", "jvp"))
 
 
-def warn_forward_mode_fallback(error: Exception) -> None:
+def _warn_forward_mode_fallback(error: Exception) -> None:
     """Warn once per kind of error that the penalty's gradient falls back to the double
     backward."""
     key = type(error).__name__ + str(error)[:200]
@@ -220,6 +234,21 @@ def warn_forward_mode_fallback(error: Exception) -> None:
             RuntimeWarning,
             stacklevel=3,
         )
+
+
+def try_step_with_tangent(
+    step: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor, w: torch.Tensor
+) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+    """:func:`step_with_tangent`, or None (warned once) when the step has an operation without
+    a forward-mode formula, so that the caller falls back to the double backward. Other errors
+    are raised."""
+    try:
+        return step_with_tangent(step, h, w)
+    except (NotImplementedError, RuntimeError) as error:
+        if not forward_mode_unsupported(error):
+            raise
+        _warn_forward_mode_fallback(error)
+        return None
 
 
 def lcp_penalty(
@@ -251,13 +280,9 @@ def lcp_penalty(
             h_next, h, torch.ones_like(h_next) if v is None else v, retain_graph=True
         )
         value, w = penalty_and_direction(u, tau, reduction, vector, coupled)
-        try:
-            surrogate = jvp_surrogate(step, h, v, w)
-        except (NotImplementedError, RuntimeError) as error:
-            if not forward_mode_unsupported(error):
-                raise
-            warn_forward_mode_fallback(error)
-        else:
+        stepped = try_step_with_tangent(step, h, w)
+        if stepped is not None:
+            surrogate = tangent_surrogate(stepped[1], v)
             return value + (surrogate - surrogate.detach())
     if vector == "power":
         return power_lcp(h_next, h, v, tau, reduction, coupled)

@@ -37,17 +37,16 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import torch
-import torch.autograd.forward_ad as fwAD
 from torch.autograd.function import once_differentiable
 
 from ._batch import expand_as, frozen_running_stats, group_norm
 from .krylov import gmres_solve
 from .lcp import (
-    forward_mode_unsupported,
     lcp_penalty,
     penalty_and_direction,
     power_vector,
-    warn_forward_mode_fallback,
+    tangent_surrogate,
+    try_step_with_tangent,
 )
 from .phases import phase
 
@@ -180,17 +179,9 @@ class ImplicitStep(torch.autograd.Function):
         (h_next, J w or None)."""
         cell = ctx.cell
         if w is not None:
-            try:
-                with fwAD.dual_level():
-                    out, tangent = fwAD.unpack_dual(cell(x_in, fwAD.make_dual(h_in, w)))
-            except (NotImplementedError, RuntimeError) as error:
-                if not forward_mode_unsupported(error):
-                    raise
-                warn_forward_mode_fallback(error)
-            else:
-                if tangent is None:  # the step does not depend on h: J w = 0
-                    tangent = torch.zeros_like(out)
-                return out, tangent
+            stepped = try_step_with_tangent(lambda state: cell(x_in, state), h_in, w)
+            if stepped is not None:
+                return stepped
         return cell(x_in, h_in), None
 
     @staticmethod
@@ -224,7 +215,7 @@ class ImplicitStep(torch.autograd.Function):
             if grad_lcp is not None and options.lcp_tau is not None:
                 with phase("backward/lcp"):
                     if tangent is not None:
-                        surrogate = tangent.sum() if v is None else (tangent * v).sum()
+                        surrogate = tangent_surrogate(tangent, v)
                     else:  # the double backward (or forward mode unavailable)
                         tau, reduction = options.lcp_tau, options.lcp_reduction
                         surrogate = lcp_penalty(

@@ -25,7 +25,7 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from ._batch import batch_coupled, frozen_running_stats, untracked_running_stats
+from ._batch import batch_coupled, frozen_running_stats
 from .arguments import Rule, at_least, check_arguments, flag, is_number, one_of
 from .compiled import CompiledStep
 from .controls import RecurrenceControls
@@ -49,18 +49,19 @@ def _unroll_with_graph(rec: "Recurrence", x: torch.Tensor, h: torch.Tensor) -> S
         if not h.requires_grad:  # N = 1 from a constant start: the penalty still needs dF/dh
             h = h.detach().requires_grad_()
         h_next = rec.cell(x, h)
+        # The forward-mode step runs only without a training-mode BatchNorm (``lcp_penalty``
+        # uses the double backward for a coupled batch), so no running statistics move twice.
         step = (lambda state: rec.cell(x, state)) if rec.lcp_gradient == "jvp" else None
-        with untracked_running_stats(rec.cell):  # the forward-mode step must not count twice
-            penalty = lcp_penalty(
-                h_next,
-                h,
-                rec.lcp_tau,
-                rec.lcp_reduction,
-                rec.lcp_vector,
-                rec.lcp_power_iters,
-                batch_coupled(rec.cell),
-                step=step,
-            )
+        penalty = lcp_penalty(
+            h_next,
+            h,
+            rec.lcp_tau,
+            rec.lcp_reduction,
+            rec.lcp_vector,
+            rec.lcp_power_iters,
+            batch_coupled(rec.cell),
+            step=step,
+        )
         return h_next, penalty
 
 
