@@ -148,10 +148,7 @@ class RFPN(FPN):
                 f"RFPN: placement {placement!r} is not supported; allowed: {RFPN_PLACEMENTS}."
             )
         # The levels of the top-down path, coarse to fine, as the FPN's lateral convs run.
-        shapes = bottom_up.output_shape()
-        self._path_levels = [
-            f"p{int(math.log2(shapes[f].stride))}" for f in reversed(self.in_features)
-        ]
+        self._path_levels = fpn_levels(bottom_up, self.in_features)[::-1]
         outside = [lvl for lvl in recurrences if lvl not in self._path_levels]
         if placement == "topdown" and outside:
             raise ValueError(
