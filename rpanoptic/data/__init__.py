@@ -1,10 +1,10 @@
 """Datasets: registration of COCO-panoptic-format datasets, their checks and stuff PNGs."""
 
+from .enclosure_scene import EnclosureSpec, make_enclosure_scene
 from .loaders import load_panoptic_json, load_panoptic_separated
 from .metadata import panoptic_metadata, stuff_id_map
 from .panoptic import register_panoptic_dataset, standard_dataset
 from .stuff_png import panoptic_to_semantic, separate_semantic_from_panoptic
-from .enclosure_scene import EnclosureSpec, make_enclosure_scene
 from .synthetic import (
     KINDS,
     ensure_synthetic_dataset,

@@ -31,9 +31,9 @@ from PIL import Image
 from pycocotools import mask as mask_util
 
 from ..utils import atomic_write_json
+from .enclosure_scene import ENCLOSURE_CATEGORIES, EnclosureSpec, make_enclosure_scene
 from .panoptic import forget_registration, register_panoptic_dataset
 from .stuff_png import separate_semantic_from_panoptic
-from .enclosure_scene import ENCLOSURE_CATEGORIES, EnclosureSpec, make_enclosure_scene
 from .synthetic_scene import CATEGORIES, SceneSpec, make_scene
 from .validate import validate_panoptic_dataset
 

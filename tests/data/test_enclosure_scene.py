@@ -2,8 +2,8 @@
 nothing local gives them away."""
 
 import contextlib
-import os
 import io
+import os
 
 import numpy as np
 import pytest
