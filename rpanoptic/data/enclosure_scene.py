@@ -36,12 +36,14 @@ __all__ = [
     "ENCLOSED",
     "FREE",
     "INSIDE",
+    "LOOP_INTERIOR",
     "OUTSIDE",
     "EnclosureSpec",
     "make_enclosure_scene",
 ]
 
 ENCLOSED, FREE, OUTSIDE, INSIDE = 1, 2, 11, 12
+LOOP_INTERIOR = {"closed loop": 1, "open loop": 2}  # the ``interiors`` map of a scene's layout
 ENCLOSURE_CATEGORIES = [
     {"id": ENCLOSED, "name": "enclosed", "isthing": 1, "color": [230, 25, 75],
      "supercategory": "token"},
@@ -231,8 +233,10 @@ def make_enclosure_scene(
         (image, ids, segments) as :func:`rpanoptic.data.synthetic_scene.make_scene`: the RGB
         image, uint8 (size, size, 3); the segment-id map, uint32 (size, size), 0 on the
         contours (VOID); the segments as dicts with ``id`` and ``category_id``, stuff first.
-        With ``layout``, also {token segment id: "closed loop", "open loop" or "no loop"}, where
-        each token was placed (for scoring the tokens whose answer needs the whole loop).
+        With ``layout``, also a dict saying where things are, for scoring the parts whose answer
+        needs the whole loop: ``tokens``, {token segment id: "closed loop", "open loop" or
+        "no loop"}; ``interiors``, uint8 (size, size), :data:`LOOP_INTERIOR` of the loop whose
+        polygon holds the pixel (contour pixels included), 0 outside every loop.
     """
     size = spec.size
     loops, tokens = _layout(rng, spec)
@@ -254,7 +258,7 @@ def make_enclosure_scene(
     image = _render(rng, spec, contour, tokens)
     if not layout:
         return image, ids, segments
-    where = {
+    tokens = {
         t["id"]: (
             "no loop"
             if t["loop"] is None
@@ -262,7 +266,10 @@ def make_enclosure_scene(
         )
         for t in tokens
     }
-    return image, ids, segments, where
+    interiors = np.zeros((size, size), dtype=np.uint8)
+    for loop in loops:
+        interiors[loop["filled"]] = LOOP_INTERIOR["closed loop" if loop["closed"] else "open loop"]
+    return image, ids, segments, {"tokens": tokens, "interiors": interiors}
 
 
 def _render(rng, spec: EnclosureSpec, contour: np.ndarray, tokens: List[dict]) -> np.ndarray:

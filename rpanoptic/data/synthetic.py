@@ -47,6 +47,8 @@ __all__ = [
     "generate_synthetic_panoptic",
     "recipe_differences",
     "register_synthetic_panoptic",
+    "read_recipe",
+    "scene_layout",
 ]
 
 logger = logging.getLogger(__name__)
@@ -283,6 +285,54 @@ def recipe_differences(root: str, counts: Dict[str, int], seed: int = 0, spec=Sc
         for k in sorted(set(ours) | set(theirs))
         if ours.get(k) != theirs.get(k)
     ]
+
+
+def read_recipe(root: str) -> Optional[dict]:
+    """The recipe ``root/generator.json`` records (kind, seed, counts, spec as a spec object),
+    or None when ``root`` was not made by this generator."""
+    try:
+        with open(os.path.join(root, "generator.json")) as f:
+            there = json.load(f)
+        kind = KINDS[there.get("kind", "curves")]
+        fields = {f.name for f in dataclasses.fields(kind.spec)}
+        spec = kind.spec(
+            **{
+                k: tuple(v) if isinstance(v, list) else v
+                for k, v in (there.get("spec") or {}).items()
+                if k in fields
+            }
+        )
+        return dict(there, kind=kind.name, spec=spec)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def scene_layout(root: str, split: str, index: int, recipe: Optional[dict] = None) -> dict:
+    """Where the things of enclosure scene ``index`` of ``split`` lie (the ``layout`` of
+    :func:`make_enclosure_scene`, plus its segment-id map ``ids``), drawn again from the recipe
+    in ``root/generator.json``: a scene is a pure function of its seed. Raises ValueError when
+    ``root`` holds no enclosure scenes of this generator, or when the scene drawn again differs
+    from the one on disk (a dataset written by another version of the generator: rewrite it)."""
+    recipe = recipe or read_recipe(root)
+    if recipe is None or recipe["kind"] != "enclosure":
+        raise ValueError(
+            f"{root}: not an enclosure dataset of this generator (no generator.json of kind "
+            f"'enclosure'); make one with {PREPARE} --kind enclosure"
+        )
+    rng = np.random.default_rng([recipe["seed"], SPLITS[split], index])
+    _, ids, _, layout = make_enclosure_scene(rng, recipe["spec"], layout=True)
+    png = os.path.join(synthetic_paths(root, split)["panoptic_root"], f"{index:06d}.png")
+    try:
+        stored = np.asarray(Image.open(png).convert("RGB"), dtype=np.uint32)
+    except OSError as e:
+        raise ValueError(f"{png}: cannot read the scene's panoptic PNG ({e})") from e
+    if not np.array_equal(stored[..., 0] + 256 * stored[..., 1] + 65536 * stored[..., 2], ids):
+        raise ValueError(
+            f"{png}: the scene drawn again from {root}/generator.json differs from the one on "
+            f"disk (written by another version of the generator); rewrite it with {PREPARE} "
+            "--kind enclosure --overwrite"
+        )
+    return dict(layout, ids=ids)
 
 
 def _split_intact(root: str, split: str) -> bool:

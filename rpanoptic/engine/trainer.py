@@ -16,6 +16,7 @@ from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, SemSegEvalua
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from ..evaluation.enclosure import enclosure_evaluator
 from ..evaluation.panoptic import PanopticEvaluator
 from ..modeling import build_model, parameter_groups
 from .checkpoint import RPanopticCheckpointer
@@ -176,7 +177,7 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         """PanopticEvaluator (COCO panoptic, plus PQ per category) + COCOEvaluator +
-        SemSegEvaluator for panoptic datasets."""
+        SemSegEvaluator for panoptic datasets, + EnclosureEvaluator on the enclosure scenes."""
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         kind = MetadataCatalog.get(dataset_name).evaluator_type
@@ -188,6 +189,9 @@ class Trainer(DefaultTrainer):
         if kind in ("coco", "coco_panoptic_seg"):
             evaluators.append(COCOEvaluator(dataset_name, output_dir=output_folder))
         if kind == "coco_panoptic_seg":
+            enclosure = enclosure_evaluator(dataset_name)
+            if enclosure is not None:  # the enclosure scenes: also the closure scores
+                evaluators.append(enclosure)
             evaluators.append(PanopticEvaluator(dataset_name, output_folder))
         if not evaluators:
             raise NotImplementedError(

@@ -13,12 +13,13 @@ import os
 from typing import Dict, List, Sequence
 
 from detectron2.data import build_detection_test_loader
-from detectron2.evaluation import DatasetEvaluator
+from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators
 from detectron2.utils import comm
 from tqdm import tqdm
 
 from ..recurrence import sweep
 from ..utils import eval_mode, pyplot
+from .enclosure import enclosure_evaluator
 from .panoptic import PanopticEvaluator
 
 __all__ = ["timestep_sweep", "run_sweep", "write_sweep", "parse_counts"]
@@ -26,6 +27,7 @@ __all__ = ["timestep_sweep", "run_sweep", "write_sweep", "parse_counts"]
 logger = logging.getLogger(__name__)
 
 METRICS = ["PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st"]
+CLOSURE = ["token_closure", "interior_closure"]  # on the enclosure scenes (evaluation/enclosure)
 
 
 def parse_counts(text: str, flag: str = "--eval-timesteps") -> List[int]:
@@ -58,8 +60,9 @@ def run_sweep(model, data_loader, counts: Sequence[int], evaluators: Dict[int, D
 
 
 def write_sweep(results: Dict[int, dict], output_dir: str, trained_timesteps: int = 0) -> str:
-    """Write ``timestep_sweep.csv`` (PQ, SQ, RQ for all, things and stuff, and PQ per category
-    when the evaluator reported it) and ``timestep_sweep.png``; returns the CSV path."""
+    """Write ``timestep_sweep.csv`` (PQ, SQ, RQ for all, things and stuff, PQ per category and the
+    enclosure scenes' closure scores when the evaluators reported them) and
+    ``timestep_sweep.png``; returns the CSV path."""
     plt = pyplot()
 
     os.makedirs(output_dir, exist_ok=True)
@@ -67,10 +70,13 @@ def write_sweep(results: Dict[int, dict], output_dir: str, trained_timesteps: in
     per_class = sorted(
         {k for r in results.values() for k in (r or {}).get("panoptic_seg", {}) if "/" in k}
     )
-    columns = METRICS + [k for k in per_class if k.startswith("PQ/")]
+    closure = [
+        m for m in CLOSURE if any(m in (r or {}).get("enclosure", {}) for r in results.values())
+    ]
+    columns = METRICS + [k for k in per_class if k.startswith("PQ/")] + closure
     for t, res in sorted(results.items()):
-        pq = (res or {}).get("panoptic_seg", {})
-        rows.append({"timesteps": t, **{m: pq.get(m, float("nan")) for m in columns}})
+        found = {**(res or {}).get("panoptic_seg", {}), **(res or {}).get("enclosure", {})}
+        rows.append({"timesteps": t, **{m: found.get(m, float("nan")) for m in columns}})
     path = os.path.join(output_dir, "timestep_sweep.csv")
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["timesteps"] + columns)
@@ -80,6 +86,8 @@ def write_sweep(results: Dict[int, dict], output_dir: str, trained_timesteps: in
     ts = [r["timesteps"] for r in rows]
     for m, style in (("PQ", "-o"), ("PQ_th", "--s"), ("PQ_st", ":^")):
         ax.plot(ts, [r[m] for r in rows], style, label=m)
+    for m, style in zip(closure, ("-.D", "-.v")):
+        ax.plot(ts, [r[m] for r in rows], style, label=f"{m} (50: closed = open)")
     if trained_timesteps:
         ax.axvline(trained_timesteps, color="gray", ls="--", label=f"trained N={trained_timesteps}")
     ax.set(xlabel="inference steps t", ylabel="PQ", title="PQ against inference steps")
@@ -92,14 +100,16 @@ def write_sweep(results: Dict[int, dict], output_dir: str, trained_timesteps: in
 
 def timestep_sweep(cfg, model, counts: Sequence[int], dataset_name: str = "", output_dir: str = ""):
     """Evaluate ``model`` at each step count on ``dataset_name`` (default: DATASETS.TEST[0]) with
-    PanopticEvaluator (PQ also per category); writes CSV + plot to ``output_dir`` and returns
-    {count: results}."""
+    PanopticEvaluator (PQ also per category), and on enclosure scenes EnclosureEvaluator; writes
+    CSV + plot to ``output_dir`` and returns {count: results}."""
     dataset_name = dataset_name or cfg.DATASETS.TEST[0]
     output_dir = output_dir or os.path.join(cfg.OUTPUT_DIR, "timestep_sweep", dataset_name)
     data_loader = build_detection_test_loader(cfg, dataset_name)
-    evaluators = {
-        t: PanopticEvaluator(dataset_name, os.path.join(output_dir, f"t{t}")) for t in counts
-    }
+    evaluators = {}
+    for t in counts:
+        panoptic = PanopticEvaluator(dataset_name, os.path.join(output_dir, f"t{t}"))
+        enclosure = enclosure_evaluator(dataset_name)
+        evaluators[t] = panoptic if enclosure is None else DatasetEvaluators([enclosure, panoptic])
     results = run_sweep(model, data_loader, counts, evaluators)
     if comm.is_main_process():
         path = write_sweep(results, output_dir, cfg.MODEL.RECURRENT.TIMESTEPS)

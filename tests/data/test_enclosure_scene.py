@@ -90,9 +90,10 @@ def _inside_loop_tokens(count):
     half = 14
     windows, labels = [], []
     for i in range(count):
-        image, ids, segments, where = make_enclosure_scene(
+        image, ids, segments, layout = make_enclosure_scene(
             np.random.default_rng([1, i]), SPEC, True
         )
+        where = layout["tokens"]
         grey = np.pad(image.mean(axis=2), half, mode="edge")
         for seg in segments:
             if where.get(seg["id"], "no loop") == "no loop":
