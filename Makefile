@@ -17,7 +17,7 @@ COMPARE_ARGS ?=
 PATHFINDER_ARGS ?=
 DEMO_RECURRENCE_ARGS ?=
 
-.PHONY: env demo compare demo-recurrence pathfinder pathfinder-regime test test-fast bench lint clean-env
+.PHONY: env demo demo-curves compare demo-recurrence pathfinder pathfinder-regime test test-fast bench lint clean-env
 
 env: $(STAMP)
 
@@ -50,10 +50,14 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not distributed"
 
-# The demo: make the synthetic dataset if missing, train a small C-RBP recurrent Panoptic FPN on
-# the CPU, evaluate PQ, sweep inference steps; results in output/demo. E.g. DEMO_ARGS="--iters 200".
+# The demo: make the synthetic enclosure dataset if missing, train a small C-RBP recurrent
+# Panoptic FPN on the CPU, evaluate PQ and the closure scores, sweep inference steps; results in
+# output/demo. E.g. DEMO_ARGS="--iters 200". demo-curves: the same on the curve scenes.
 demo: $(STAMP)
 	$(PY) tools/demo.py $(DEMO_ARGS)
+
+demo-curves: $(STAMP)
+	$(PY) tools/demo.py --kind curves $(DEMO_ARGS)
 
 # Longer, not in CI (projects/SyntheticComparison): feed-forward vs RFPN (BPTT, C-RBP) vs recurrent
 # mask head, 3 seeds each, same schedule; one result file per run in

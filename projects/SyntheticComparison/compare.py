@@ -14,6 +14,7 @@ comparison.md/.csv, paired_tests.csv, runs.csv and pq_vs_steps.png to --results-
   python compare.py --jobs 2 --seeds 0,1,2,3,4       # two runs at a time, 1 thread each
   python compare.py --configs configs/Synthetic/panoptic_fpn_R_18.yaml,... [KEY VALUE ...]
   python compare.py --report-only                    # tables from the results so far
+  python compare.py --kind enclosure --train 2000    # the enclosure scenes (ENCLOSURE_PLAN)
 
 Config paths are relative to the repository root.
 """
@@ -24,12 +25,21 @@ from dataclasses import replace
 
 PROJECT = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(PROJECT))  # the repository: configs/ and datasets/
-# The curves are what needs long-range grouping in the synthetic scenes.
-TESTED = ("PQ", "PQ_th", "PQ/curve")
+# What needs long-range grouping in each kind of scene, tested against the baseline: the
+# crossing curves; the enclosed tokens, the inside ground and the closure scores.
+TESTED = {
+    "curves": ("PQ", "PQ_th", "PQ/curve"),
+    "enclosure": (
+        "PQ", "PQ_th", "PQ/enclosed", "PQ/inside", "token_closure", "interior_closure"
+    ),
+}  # fmt: skip
+GROUPING = {"curves": "curve", "enclosure": ""}  # the mask head's crossing-instance analysis
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--kind", default="curves", help="which scenes: curves or enclosure")
+    p.add_argument("--scene", default="", help="scene fields, e.g. gap=14:20 (see run_one --scene)")
     p.add_argument("--configs", default="", help="comma-separated configs (default: the plan)")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
     p.add_argument("--iters", type=int, default=0, help="training iterations (default: config)")
@@ -37,17 +47,18 @@ def parse_args(argv=None):
     p.add_argument("--jobs", type=int, default=1, help="runs at a time (threads split evenly)")
     p.add_argument(
         "--results-dir",
-        default=os.path.join(PROJECT, "results", "compare"),
-        help="result files and tables",
+        default="",
+        help="result files and tables (default: results/compare, results/enclosure/compare)",
     )
-    p.add_argument("--output-dir", default="output/compare", help="checkpoints and logs")
+    p.add_argument("--output-dir", default="", help="checkpoints and logs (default: output/...)")
     p.add_argument("--train", type=int, default=400, help="synthetic training images")
     p.add_argument("--val", type=int, default=50, help="synthetic validation images")
     p.add_argument("--size", type=int, default=0, help="synthetic image size (px; 0: default)")
     p.add_argument(
         "--grouping-category",
-        default="curve",
-        help="thing class whose crossing instances the mask head must tell apart ('' to skip)",
+        default=None,
+        help="thing class whose crossing instances the mask head must tell apart ('' to skip; "
+        "default: curve on the curve scenes)",
     )
     p.add_argument(
         "--report-only",
@@ -63,17 +74,27 @@ def main(argv=None):
     from synthetic_comparison import plan as compare
 
     import rpanoptic  # noqa: F401  (registers rpanoptic's components and the synthetic datasets)
-    from rpanoptic.data import SceneSpec, ensure_synthetic_dataset
+    from rpanoptic.data import KINDS, ensure_synthetic_dataset
+    from rpanoptic.data.synthetic_scene import parse_scene
 
+    if args.kind not in KINDS:
+        print(f"error: --kind {args.kind!r}: choose one of {sorted(KINDS)}", file=sys.stderr)
+        return 2
+    folder = "compare" if args.kind == "curves" else os.path.join(args.kind, "compare")
+    args.results_dir = args.results_dir or os.path.join(PROJECT, "results", folder)
+    args.output_dir = args.output_dir or os.path.join("output", folder)
+    if args.grouping_category is None:
+        args.grouping_category = GROUPING[args.kind]
+    tested = TESTED[args.kind]
     if args.configs:
         plan = compare.plan_from_configs([os.path.join(ROOT, c) for c in args.configs.split(",")])
     else:
-        plan = [replace(e, config=os.path.join(ROOT, e.config)) for e in compare.DEFAULT_PLAN]
+        plan = [replace(e, config=os.path.join(ROOT, e.config)) for e in compare.PLANS[args.kind]]
     seeds = [int(s) for s in args.seeds.split(",")]
     results_dir = os.path.abspath(args.results_dir)
     if args.report_only:
         try:
-            files, missing = compare.report_existing(plan, seeds, results_dir, TESTED)
+            files, missing = compare.report_existing(plan, seeds, results_dir, tested)
         except RuntimeError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
@@ -82,14 +103,22 @@ def main(argv=None):
             print(f"{len(missing)} runs missing: {', '.join(missing)}")
         return 0
     counts = {"train": args.train, "val": args.val}
-    size = args.size or SceneSpec.size
+    size = args.size or KINDS[args.kind].spec.size
     try:  # made once here, not by each run
-        ensure_synthetic_dataset(counts, size=size)
+        ensure_synthetic_dataset(counts, spec=parse_scene(args.scene, size, KINDS[args.kind].spec))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     launch = compare.launcher(
-        args.iters, args.device, counts, size, args.grouping_category, args.opts, cwd=ROOT
+        args.iters,
+        args.device,
+        counts,
+        size,
+        args.grouping_category,
+        args.opts,
+        cwd=ROOT,
+        kind=args.kind,
+        scene=args.scene,
     )
     try:
         files = compare.run_comparison(
@@ -99,7 +128,7 @@ def main(argv=None):
             os.path.abspath(args.output_dir),
             launch,
             jobs=args.jobs,
-            tested=TESTED,
+            tested=tested,
             log=lambda line: print(line, flush=True),
         )
     except RuntimeError as e:

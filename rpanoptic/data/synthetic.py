@@ -48,11 +48,13 @@ __all__ = [
     "recipe_differences",
     "register_synthetic_panoptic",
     "read_recipe",
+    "synthetic_folder",
     "scene_layout",
 ]
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_COUNTS = {"train": 400, "val": 50}  # images per split of the default datasets
 SPLITS = {"train": 0, "val": 1}  # split -> the stream of random numbers it draws from
 FOLDER = "synthetic_panoptic"
 
@@ -233,7 +235,7 @@ def generate_synthetic_panoptic(
     Returns:
         True if the dataset was written, False if it was already there.
     """
-    counts = dict(counts or {"train": 400, "val": 50})
+    counts = dict(counts or DEFAULT_COUNTS)
     unknown = sorted(set(counts) - set(SPLITS))
     if unknown or any(int(n) < 1 for n in counts.values()):
         raise ValueError(f"synthetic panoptic counts {counts}: give >= 1 image for train/val")
@@ -398,6 +400,20 @@ def register_synthetic_panoptic(
     return num_classes
 
 
+def synthetic_folder(counts: Dict[str, int], spec, datasets: str = "") -> str:
+    """Where :func:`ensure_synthetic_dataset` keeps the dataset of ``counts`` and ``spec`` under
+    ``datasets`` (default :func:`datasets_root`): the kind's folder, then each spec field that
+    differs from the kind's default scenes (the size aside) and the counts when they are not
+    :data:`DEFAULT_COUNTS`, e.g. ``synthetic_enclosure_gap14-20_train2000_val100``."""
+    default = dataclasses.asdict(type(spec)(size=spec.size))
+    changed = [f"{k}{v}" for k, v in dataclasses.asdict(spec).items() if default[k] != v]
+    if dict(counts) != DEFAULT_COUNTS:
+        changed += [f"{split}{n}" for split, n in sorted(counts.items())]
+    name = "_".join([scene_kind(spec).folder] + changed)
+    name = name.replace(" ", "").replace("(", "").replace(")", "").replace(",", "-")
+    return os.path.join(datasets or datasets_root(), name)
+
+
 def ensure_synthetic_dataset(
     counts: Dict[str, int],
     seed: int = 0,
@@ -410,15 +426,11 @@ def ensure_synthetic_dataset(
     and is left as it is); registers it and returns its folder. The default root is
     ``<datasets>/synthetic_panoptic`` (``synthetic_enclosure`` for an ``EnclosureSpec``), and
     ``<folder>_<fields>`` for a ``spec`` that differs from its kind's default scenes in more
-    than the size (so variants never overwrite it)."""
+    than the size, with ``_train<n>_val<m>`` for counts other than :data:`DEFAULT_COUNTS` (so
+    variants never overwrite it)."""
     spec = spec or SceneSpec(size=size)
     kind = scene_kind(spec)
-    if not root:
-        default = dataclasses.asdict(type(spec)(size=spec.size))
-        changed = [f"{k}{v}" for k, v in dataclasses.asdict(spec).items() if default[k] != v]
-        name = "_".join([kind.folder] + changed)
-        name = name.replace(" ", "").replace("(", "").replace(")", "")
-        root = os.path.join(datasets_root(), name.replace(",", "-"))
+    root = root or synthetic_folder(counts, spec)
     if generate_synthetic_panoptic(
         root, counts, seed=seed, spec=spec, workers=os.cpu_count() or 1, progress=True
     ):

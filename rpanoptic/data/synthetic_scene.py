@@ -83,11 +83,12 @@ class SceneSpec:
         return self
 
 
-def parse_scene(text: str, size: int = SceneSpec.size) -> SceneSpec:
-    """A :class:`SceneSpec` of ``size`` px from "field=value,field=value": numbers and booleans
-    for scalar fields, "low:high" for ranges (e.g. ``curves=2:3,curve_width=0.08:0.11``);
-    raises ValueError naming an unknown field or a bad value."""
-    fields = {f.name: f for f in dataclasses.fields(SceneSpec)}
+def parse_scene(text: str, size: int = SceneSpec.size, spec_class: type = SceneSpec):
+    """A ``spec_class`` (default :class:`SceneSpec`; any frozen dataclass of scene fields, e.g.
+    ``EnclosureSpec``) of ``size`` px from "field=value,field=value": numbers and booleans for
+    scalar fields, "low:high" for ranges (e.g. ``curves=2:3,curve_width=0.08:0.11``); raises
+    ValueError naming an unknown field or a bad value."""
+    fields = {f.name: f for f in dataclasses.fields(spec_class)}
     values = {"size": size}
     for item in [t for t in text.split(",") if t.strip()]:
         name, _, raw = item.partition("=")
@@ -97,7 +98,7 @@ def parse_scene(text: str, size: int = SceneSpec.size) -> SceneSpec:
             raise ValueError(
                 f"--scene {item!r}: give field=value (low:high for a range) for one of {known}"
             )
-        default = getattr(SceneSpec, name)
+        default = getattr(spec_class, name)
         try:
             if isinstance(default, tuple):
                 low, sep, high = raw.partition(":")
@@ -115,7 +116,7 @@ def parse_scene(text: str, size: int = SceneSpec.size) -> SceneSpec:
         except ValueError:
             form = "low:high range" if isinstance(default, tuple) else "value"
             raise ValueError(f"--scene {item!r}: {raw!r} is not a valid {name} {form}") from None
-    return SceneSpec(**values).validate()
+    return spec_class(**values).validate()
 
 
 def segment_id(category_id: int, index: int) -> int:

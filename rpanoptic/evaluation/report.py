@@ -228,8 +228,9 @@ def write_report(
     trained: int = 0,
 ) -> str:
     """Write ``report.md``: ``notes`` (paragraphs), the PQ table of
-    ``results['panoptic_seg']``, PQ at each inference step count of ``sweep`` ({t: results},
-    the trained N marked) and where to look (``files``: {what: path})."""
+    ``results['panoptic_seg']`` (all, things, stuff, each category), the closure scores of the
+    enclosure scenes when ``results`` has them, the same at each inference step count of
+    ``sweep`` ({t: results}, the trained N marked) and where to look (``files``: {what: path})."""
     pq = results.get("panoptic_seg", {})
     lines = ["# rpanoptic demo report", ""]
     for paragraph in notes:
@@ -238,17 +239,32 @@ def write_report(
     for row, suffix in (("all", ""), ("things", "_th"), ("stuff", "_st")):
         values = [pq.get(m + suffix, float("nan")) for m in ("PQ", "SQ", "RQ")]
         lines.append(f"| {row} | " + " | ".join(f"{v:.1f}" for v in values) + " |")
+    categories = [k[3:] for k in pq if k.startswith("PQ/")]
+    for name in categories:
+        values = [pq.get(f"{m}/{name}", float("nan")) for m in ("PQ", "SQ", "RQ")]
+        lines.append(f"| {name} | " + " | ".join(f"{v:.1f}" for v in values) + " |")
+    closure = results.get("enclosure", {})
+    if closure:
+        lines += [
+            "",
+            "Closure (of the tokens and the ground inside loops, the share labelled right, "
+            "balanced over closed and open loops: 50 = every loop treated alike, 100 = closed "
+            f"told from open): tokens {closure['token_closure']:.1f} (closed loops "
+            f"{closure['tokens_closed_loop/right']:.1f}, open loops "
+            f"{closure['tokens_open_loop/right']:.1f}), ground {closure['interior_closure']:.1f}.",
+        ]
     if sweep:
         counts = sorted(sweep)
-        lines += ["", "PQ against the number of inference steps t (trained with N steps):", ""]
+        lines += ["", "Against the number of inference steps t (trained with N steps):", ""]
         lines.append(
             "| t | " + " | ".join(f"{t}" + (" (N)" if t == trained else "") for t in counts) + " |"
         )
         lines.append("|---" * (len(counts) + 1) + "|")
-        for metric in ("PQ", "PQ_th", "PQ_st"):
-            values = [
-                (sweep[t] or {}).get("panoptic_seg", {}).get(metric, float("nan")) for t in counts
-            ]
+        rows = [("panoptic_seg", m) for m in ["PQ", "PQ_th", "PQ_st"]]
+        rows += [("panoptic_seg", f"PQ/{name}") for name in categories]
+        rows += [("enclosure", m) for m in ("token_closure", "interior_closure") if closure]
+        for task, metric in rows:
+            values = [(sweep[t] or {}).get(task, {}).get(metric, float("nan")) for t in counts]
             lines.append(f"| {metric} | " + " | ".join(f"{v:.1f}" for v in values) + " |")
     lines += ["", "Where to look:", ""]
     for what, path in files.items():

@@ -315,7 +315,7 @@ def test_a_scene_variant_gets_its_own_folder(tmp_path, monkeypatch):
     finally:  # give the synthetic names back to the default dataset, as later tests expect
         monkeypatch.delenv("RPANOPTIC_DATASETS")
         register_synthetic_panoptic()
-    assert os.path.basename(plain) == "synthetic_panoptic"
-    assert os.path.basename(variant) == "synthetic_panoptic_curves_behindTrue"
+    assert os.path.basename(plain) == "synthetic_panoptic_train1_val1"
+    assert os.path.basename(variant) == "synthetic_panoptic_curves_behindTrue_train1_val1"
     with open(os.path.join(variant, "generator.json")) as f:
         assert json.load(f)["spec"]["curves_behind"] is True

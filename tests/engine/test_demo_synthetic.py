@@ -16,6 +16,8 @@ def test_demo_trains_evaluates_and_reports(synthetic_env, tmp_path):
     done = run_tool(
         synthetic_env,
         "demo.py",
+        "--kind",
+        "curves",
         "--config-file",
         QUICK,
         "--iters",
@@ -40,6 +42,33 @@ def test_demo_trains_evaluates_and_reports(synthetic_env, tmp_path):
     report = open(os.path.join(out, "report.md")).read()
     assert f"| all | {pq['PQ']:.1f} |" in report and "| t | 1 | 2 | 3 (N) | 6 | 9 |" in report
     assert "3 iterations of batch 2 on cpu" in report
+
+
+@pytest.mark.slow
+def test_demo_on_the_enclosure_scenes_reports_closure_from_nothing(tmp_path):
+    """The default demo: its dataset is made when missing, and the report gives the closure
+    scores and every category's PQ at each step count."""
+    env = dict(os.environ, RPANOPTIC_DATASETS=str(tmp_path / "datasets"))
+    out = str(tmp_path / "demo")
+    opts = ["MODEL.RECURRENT.TIMESTEPS", "2", "MODEL.RECURRENT.NEUMANN_STEPS", "2"]
+    opts += ["SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0"]
+    done = run_tool(
+        env, "demo.py", "--iters", "2", "--output-dir", out, "--device", "cpu", *DATA, *SIZES, *opts
+    )
+    assert "Wrote the synthetic" in done.stdout + done.stderr  # made from nothing
+    assert os.path.isfile(
+        tmp_path / "datasets" / "synthetic_enclosure_train6_val3" / "generator.json"
+    )
+    with open(os.path.join(out, "metrics_final.json")) as f:
+        metrics = json.load(f)
+    assert 0 <= metrics["final"]["enclosure"]["tokens_no_loop/found"] <= 100
+    sweep = metrics["timestep_sweep"]
+    assert sorted(int(t) for t in sweep) == [1, 2, 4, 6]  # N = 2
+    assert all("token_closure" in r["enclosure"] for r in sweep.values())
+    report = open(os.path.join(out, "report.md")).read()
+    assert "Closure (of the tokens" in report and "| PQ/enclosed |" in report
+    assert "| token_closure |" in report and "| inside |" in report
+    assert os.path.getsize(os.path.join(out, "unfolding.png")) > 1000
 
 
 @pytest.mark.slow

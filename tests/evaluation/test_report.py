@@ -62,3 +62,25 @@ def test_pictures_and_report(setup, tmp_path):
     assert "| all | 12.5 | 70.0 | 15.0 |" in text and "`curves.png`" in text
     assert "Trained somehow." in text
     assert "| t | 1 | 4 (N) | 8 |" in text and "| PQ_th | 1.0 | 4.0 | 8.0 |" in text
+    assert "Closure" not in text  # no closure scores on the curve scenes
+
+    closure = {"token_closure": 61.0, "interior_closure": 55.5}
+    closure.update({"tokens_closed_loop/right": 80.0, "tokens_open_loop/right": 42.0})
+    final = {"PQ": 40.0, "PQ/enclosed": 30.0, "SQ/enclosed": 75.0, "RQ/enclosed": 40.0}
+    report = write_report(
+        str(tmp_path),
+        {"panoptic_seg": final, "enclosure": closure},
+        {},
+        sweep={
+            t: {
+                "panoptic_seg": {"PQ": t, "PQ/enclosed": 2.0 * t},
+                "enclosure": {"token_closure": 50.0 + t},
+            }
+            for t in (1, 4)
+        },
+        trained=4,
+    )
+    text = open(report).read()
+    assert "| enclosed | 30.0 | 75.0 | 40.0 |" in text
+    assert "tokens 61.0 (closed loops 80.0, open loops 42.0), ground 55.5" in text
+    assert "| PQ/enclosed | 2.0 | 8.0 |" in text and "| token_closure | 51.0 | 54.0 |" in text

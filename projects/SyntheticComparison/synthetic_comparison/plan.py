@@ -35,6 +35,8 @@ PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 __all__ = [
     "COUNTS",
     "DEFAULT_PLAN",
+    "ENCLOSURE_PLAN",
+    "PLANS",
     "Entry",
     "describe",
     "plan_from_configs",
@@ -108,6 +110,35 @@ DEFAULT_PLAN: List[Entry] = [
         "ff_half_ff",
     ),
 ]
+
+
+_ENC = "configs/Synthetic/Enclosure/"
+# The enclosure scenes (``--kind enclosure``): where the answer needs the whole loop.
+ENCLOSURE_PLAN: List[Entry] = [
+    Entry("ff", "feed-forward", _ENC + "panoptic_fpn_R_18.yaml", baseline=""),
+    Entry(
+        "ff_wide",
+        "feed-forward, 96 FPN channels (the RFPN's FLOPs)",
+        _ENC + "panoptic_fpn_R_18_wide.yaml",
+    ),
+    Entry(
+        "rfpn_bptt3",
+        "RFPN, BPTT N=3 (memory-limited)",
+        _ENC + "panoptic_rfpn_R_18_crbp.yaml",
+        ("MODEL.RECURRENT.GRAD", "bptt", "MODEL.RECURRENT.TIMESTEPS", "3"),
+    ),
+    Entry(
+        "rfpn_bptt10",
+        "RFPN, BPTT N=10",
+        _ENC + "panoptic_rfpn_R_18_crbp.yaml",
+        ("MODEL.RECURRENT.GRAD", "bptt"),
+    ),
+    Entry("rfpn_crbp10", "RFPN, C-RBP N=10", _ENC + "panoptic_rfpn_R_18_crbp.yaml"),
+    Entry(
+        "rmask_crbp10", "recurrent mask head, C-RBP N=10", _ENC + "panoptic_rmask_R_18_crbp.yaml"
+    ),
+]
+PLANS = {"curves": DEFAULT_PLAN, "enclosure": ENCLOSURE_PLAN}
 
 
 def describe(cfg) -> str:
@@ -233,6 +264,8 @@ def launcher(
     grouping_category: str = "",
     opts: Sequence[str] = (),
     cwd: str = ".",
+    kind: str = "curves",
+    scene: str = "",
 ) -> Launch:
     """The :data:`Launch` that starts each run as ``python -m synthetic_comparison.run_one``
     with ``threads`` OpenMP/MKL threads, logging to ``<folder>/log.txt``."""
@@ -245,7 +278,8 @@ def launcher(
         cmd += ["--grouping-category", grouping_category]
         cmd += ["--iters", str(iters), "--device", device, "--output-dir", folder]
         cmd += ["--train", str(counts["train"]), "--val", str(counts["val"])]
-        cmd += ["--size", str(size or SceneSpec.size), *entry.opts, *opts]
+        cmd += ["--size", str(size or SceneSpec.size), "--kind", kind, "--scene", scene]
+        cmd += [*entry.opts, *opts]
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [PROJECT, env.get("PYTHONPATH")]))
         with open(os.path.join(folder, "log.txt"), "a") as log:  # a resumed run appends

@@ -17,11 +17,11 @@ from typing import Dict, List, Sequence
 
 import torch
 from detectron2.data import build_detection_test_loader
-from synthetic_comparison.tables import COUNTS, METRICS
+from synthetic_comparison.tables import CLOSURE, COUNTS, METRICS
 
 from rpanoptic.analysis.grouping import instance_grouping
 from rpanoptic.data.panoptic import standard_dataset
-from rpanoptic.data.synthetic import ensure_synthetic_dataset
+from rpanoptic.data.synthetic import KINDS, ensure_synthetic_dataset
 from rpanoptic.data.synthetic_scene import SceneSpec, parse_scene
 from rpanoptic.engine.demo import demo_config, train_and_evaluate
 from rpanoptic.engine.setup import check_resumable, get_rpanoptic_cfg
@@ -117,6 +117,7 @@ def run_one(
         "threads": torch.get_num_threads(),
         **{m: run["results"]["panoptic_seg"][m] for m in METRICS},
         **_per_class(run["results"]["panoptic_seg"]),
+        **run["results"].get("enclosure", {}),
         "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
         "train_peak_mb": _peak_memory_mb(cfg.MODEL.DEVICE),
         "step_s": _step_seconds(
@@ -129,6 +130,7 @@ def run_one(
             str(t): {
                 **{m: r["panoptic_seg"][m] for m in ("PQ", "PQ_th", "PQ_st")},
                 **_per_class(r["panoptic_seg"]),
+                **{m: r["enclosure"][m] for m in CLOSURE if m in r.get("enclosure", {})},
             }
             for t, r in run["sweep"].items()
         },
@@ -221,6 +223,7 @@ def parse_args(argv=None):
     p.add_argument("--train", type=int, default=400, help="synthetic training images")
     p.add_argument("--val", type=int, default=50, help="synthetic validation images")
     p.add_argument("--size", type=int, default=SceneSpec.size, help="synthetic image size")
+    p.add_argument("--kind", default="curves", choices=sorted(KINDS), help="which scenes")
     p.add_argument(
         "--scene",
         default="",
@@ -235,7 +238,7 @@ def main(argv=None) -> int:
     import rpanoptic  # noqa: F401  (registers rpanoptic's components and the synthetic datasets)
 
     args = parse_args(argv)
-    spec = parse_scene(args.scene, args.size)
+    spec = parse_scene(args.scene, args.size, KINDS[args.kind].spec)
     ensure_synthetic_dataset({"train": args.train, "val": args.val}, spec=spec)
     run_one(
         args.config_file,

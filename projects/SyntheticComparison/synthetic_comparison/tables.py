@@ -16,6 +16,7 @@ __all__ = [
     "COUNTS",
     "METRICS",
     "COSTS",
+    "CLOSURE",
     "summarize",
     "paired_tests",
     "step_gains",
@@ -25,6 +26,14 @@ __all__ = [
 COUNTS = [1, 2, 3, 5, 10, 20, 30]  # inference steps swept for every recurrent model
 METRICS = ["PQ", "PQ_th", "PQ_st", "SQ", "RQ"]
 COSTS = ["params_M", "train_peak_mb", "step_s", "infer_img_s"]
+# On the enclosure scenes: of the tokens and ground inside loops, how many get closed vs open
+# right (rpanoptic.evaluation.enclosure; balanced, so 50 = every loop treated alike).
+CLOSURE = ["token_closure", "interior_closure"]
+
+
+def _closure(results: List[Dict]) -> List[str]:
+    """The closure scores every result has (none on the curve scenes)."""
+    return [m for m in CLOSURE if results and all(m in r for r in results)]
 
 
 def _by_model(results: List[Dict]) -> Dict[str, List[Dict]]:
@@ -112,7 +121,7 @@ def step_gains(results: List[Dict], metric: str = "PQ") -> List[Dict]:
                 if not n or not r.get("sweep"):
                     continue
                 hi, lo = (str(t) for t in pick(n))
-                if hi in r["sweep"] and lo in r["sweep"] and hi != lo:
+                if hi in r["sweep"] and lo in r["sweep"] and hi != lo and metric in r["sweep"][hi]:
                     d.append(r["sweep"][hi][metric] - r["sweep"][lo][metric])
             if not d:
                 continue
@@ -120,8 +129,8 @@ def step_gains(results: List[Dict], metric: str = "PQ") -> List[Dict]:
             p = float(stats.ttest_1samp(d, 0.0).pvalue) if len(d) > 1 and d.std() > 0 else np.nan
             sd = float(d.std(ddof=1)) if len(d) > 1 else 0.0
             rows.append(
-                {"model": model, "gain": label, "n": len(d), "diff": float(d.mean()),
-                 "diff_sd": sd, "p": p}
+                {"model": model, "metric": metric, "gain": label, "n": len(d),
+                 "diff": float(d.mean()), "diff_sd": sd, "p": p}
             )  # fmt: skip
     return rows
 
@@ -129,9 +138,10 @@ def step_gains(results: List[Dict], metric: str = "PQ") -> List[Dict]:
 def _plot(results: List[Dict], path: str) -> None:
     plt = pyplot()
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    metrics = ["PQ", "PQ_th"] + _closure(results)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4.5))
     for model, runs in _by_model(results).items():
-        for ax, metric in zip(axes, ("PQ", "PQ_th")):
+        for ax, metric in zip(axes, metrics):
             if not runs[0]["sweep"]:
                 mean = np.mean([r[metric] for r in runs])
                 ax.axhline(mean, color="gray", ls="--", lw=1, label=model)
@@ -142,7 +152,7 @@ def _plot(results: List[Dict], path: str) -> None:
             line = ax.plot(counts, mean, "-o", ms=3, label=model)[0]
             ax.fill_between(counts, mean - sd, mean + sd, alpha=0.15, color=line.get_color())
             ax.axvline(runs[0]["trained_timesteps"], color=line.get_color(), ls=":", lw=1)
-    for ax, metric in zip(axes, ("PQ", "PQ_th")):
+    for ax, metric in zip(axes, metrics):
         ax.set(
             xlabel="inference steps t (dotted: trained N)",
             ylabel=metric,
@@ -173,7 +183,10 @@ def _sweep_table(results: List[Dict], metric: str) -> List[str]:
     for model, runs in _by_model(results).items():
         if not runs[0]["sweep"]:
             continue
-        means = [np.mean([x["sweep"][str(t)][metric] for x in runs]) for t in COUNTS]
+        means = [
+            np.mean([x["sweep"][str(t)].get(metric, np.nan) for x in runs if str(t) in x["sweep"]])
+            for t in COUNTS
+        ]
         lines.append(f"| {model} | " + " | ".join(f"{v:.1f}" for v in means) + " |")
     return lines + [""]
 
@@ -221,6 +234,26 @@ def write_comparison(
                 cells.append(f"{v.mean():.1f} ± {sd:.1f}" if len(v) else "-")
             lines.append(f"| {model} | " + " | ".join(cells) + " |")
         lines.append("")
+    closure = _closure(results)
+    if closure:
+        lines += [
+            "Closure on the enclosure scenes (of the tokens and ground inside loops, the share "
+            "labelled right, balanced over closed and open loops: 50 = every loop treated alike, "
+            "100 = closed told from open; mean ± sd over seeds):",
+            "",
+            "| model | " + " | ".join(closure) + " | tokens in closed / open loops right |",
+            "|---" * (len(closure) + 2) + "|",
+        ]
+        for model, runs in _by_model(results).items():
+            cells = []
+            for m in closure + ["tokens_closed_loop/right", "tokens_open_loop/right"]:
+                v = np.array([r.get(m, np.nan) for r in runs], dtype=float)
+                sd = v.std(ddof=1) if len(v) > 1 else 0.0
+                cells.append(f"{v.mean():.1f} ± {sd:.1f}")
+            lines.append(
+                f"| {model} | " + " | ".join(cells[:-2]) + f" | {cells[-2]} / {cells[-1]} |"
+            )
+        lines.append("")
     if any(r.get("grouping", {}).get("instances") for r in results):
         lines += [
             "Mask head on crossing same-category instances, from their ground-truth boxes (mean "
@@ -258,24 +291,25 @@ def write_comparison(
                 f"{t['diff']:+.1f} ± {t['diff_sd']:.1f} | {t['p']:.3f} |"
             )
         lines.append("")
-    gains = step_gains(results)
+    gains = [g for m in ["PQ"] + _closure(results) for g in step_gains(results, m)]
     if gains:
         files["step_gains.csv"] = os.path.join(out_dir, "step_gains.csv")
         _write_csv(files["step_gains.csv"], gains)
         lines += [
-            "What more inference steps buy (PQ at t = N minus t = 1, and at 3N minus N, within "
-            "each run; mean ± sd over seeds, two-sided t-test against 0):",
+            "What more inference steps buy (the metric at t = N minus t = 1, and at 3N minus N, "
+            "within each run; mean ± sd over seeds, two-sided t-test against 0):",
             "",
-            "| model | gain | seeds | difference | p |",
-            "|---|---|---|---|---|",
+            "| model | metric | gain | seeds | difference | p |",
+            "|---|---|---|---|---|---|",
         ]
         for g in gains:
             lines.append(
-                f"| {g['model']} | {g['gain']} | {g['n']} | {g['diff']:+.2f} ± "
+                f"| {g['model']} | {g['metric']} | {g['gain']} | {g['n']} | {g['diff']:+.2f} ± "
                 f"{g['diff_sd']:.2f} | {g['p']:.3f} |"
             )
         lines.append("")
-    lines += _sweep_table(results, "PQ") + _sweep_table(results, "PQ_th")
+    for metric in ["PQ", "PQ_th"] + _closure(results):
+        lines += _sweep_table(results, metric)
     files["comparison.md"] = os.path.join(out_dir, "comparison.md")
     with open(files["comparison.md"], "w") as f:
         f.write("\n".join(lines))

@@ -270,3 +270,67 @@ def test_costs_are_medians_over_seeds():
     runs = [dict(_fake("rec", s, 40.0), step_s=t) for s, t in enumerate([1.0, 1.1, 3.0])]
     (row,) = summarize(runs)
     assert row["step_s"] == pytest.approx(1.1)  # the slowed third run does not move it
+
+
+def test_closure_scores_get_their_table_sweep_and_paired_test(tmp_path):
+    """On the enclosure scenes the closure scores are tabled, swept, tested against the
+    baseline and plotted beside PQ."""
+    runs = []
+    for seed in range(3):
+        ff = dict(_fake("ff", seed, 40.0, False), name="ff", token_closure=50.0 + seed)
+        ff.update({"interior_closure": 51.0, "tokens_closed_loop/right": 60.0})
+        ff["tokens_open_loop/right"] = 40.0 + 2 * seed
+        rec = dict(_fake("rec", seed, 41.0), name="rec", token_closure=60.0 + 2 * seed)
+        rec.update({"interior_closure": 70.0, "tokens_closed_loop/right": 80.0})
+        rec["tokens_open_loop/right"] = 40.0 + 4 * seed
+        for t, values in rec["sweep"].items():
+            values.update(token_closure=50.0 + int(t), interior_closure=60.0)
+        runs += [ff, rec]
+    files = write_comparison(runs, str(tmp_path), {"ff": "", "rec": "ff"}, ("PQ", "token_closure"))
+    table = open(files["comparison.md"]).read()
+    assert "| ff | 51.0 ± 1.0 | 51.0 ± 0.0 | 60.0 ± 0.0 / 42.0 ± 2.0 |" in table
+    assert "| rec | 62.0 ± 2.0 | 70.0 ± 0.0 | 80.0 ± 0.0 / 44.0 ± 4.0 |" in table
+    assert "| rec | 51.0 | 52.0 | 53.0 | 55.0 | 60.0 | 70.0 | 80.0 |" in table  # 50 + t
+    with open(files["paired_tests.csv"]) as f:
+        tests = {r["metric"]: r for r in csv.DictReader(f)}
+    assert float(tests["token_closure"]["diff"]) == pytest.approx(11.0)  # 10, 11, 12
+    with open(files["step_gains.csv"]) as f:
+        gains = [r for r in csv.DictReader(f) if r["metric"] == "token_closure"]
+    assert {r["gain"]: float(r["diff"]) for r in gains} == {"N - 1": 9.0, "3N - N": 20.0}
+    assert os.path.getsize(files["pq_vs_steps.png"]) > 1000
+
+
+def test_the_enclosure_plan_trains_what_its_labels_say():
+    from synthetic_comparison.plan import ENCLOSURE_PLAN, PLANS
+
+    from rpanoptic.engine.setup import get_rpanoptic_cfg
+
+    root = os.path.dirname(os.path.dirname(PROJECT))
+    assert PLANS["enclosure"] is ENCLOSURE_PLAN
+    cfgs = {e.name: get_rpanoptic_cfg(os.path.join(root, e.config), list(e.opts))
+            for e in ENCLOSURE_PLAN}  # fmt: skip
+    assert all(c.DATASETS.TRAIN == ("synthetic_enclosure_train_separated",) for c in cfgs.values())
+    assert cfgs["ff_wide"].MODEL.FPN.OUT_CHANNELS > cfgs["ff"].MODEL.FPN.OUT_CHANNELS
+    recurrent = {n: (c.MODEL.RECURRENT.GRAD, c.MODEL.RECURRENT.TIMESTEPS) for n, c in cfgs.items()}
+    assert recurrent["rfpn_bptt3"] == ("bptt", 3) and recurrent["rfpn_bptt10"] == ("bptt", 10)
+    assert recurrent["rfpn_crbp10"] == ("crbp", 10) and recurrent["rmask_crbp10"] == ("crbp", 10)
+    assert cfgs["rfpn_crbp10"].MODEL.RFPN.PLACEMENT == "topdown"  # p2 receives the recurrence
+    assert cfgs["rmask_crbp10"].MODEL.ROI_MASK_HEAD.NAME.startswith("Recurrent")
+    assert all(e.baseline == "ff" for e in ENCLOSURE_PLAN[1:])
+
+
+@pytest.mark.slow
+def test_compare_on_the_enclosure_scenes_reports_closure(tmp_path):
+    results, out = str(tmp_path / "results"), str(tmp_path / "compare")
+    env = _with_project(dict(os.environ, RPANOPTIC_DATASETS=str(tmp_path / "datasets")))
+    args = ["--kind", "enclosure", "--scene", "loops=1:2", "--seeds", "0", "--iters", "2"]
+    args += ["--configs", "configs/Synthetic/Enclosure/panoptic_fpn_R_18.yaml", "--device", "cpu"]
+    args += ["--results-dir", results, "--output-dir", out, *DATA]
+    args += ["DATALOADER.NUM_WORKERS", "0", *SIZES]
+    run_python(env, SCRIPT, *args)
+    with open(os.path.join(results, "panoptic_fpn_R_18", "seed0.json")) as f:
+        run = json.load(f)
+    assert 0 <= run["token_closure"] <= 100 or np.isnan(run["token_closure"])
+    assert run["tokens_no_loop/count"] > 0 and "PQ/enclosed" in run
+    assert os.path.isdir(tmp_path / "datasets" / "synthetic_enclosure_loops1-2_train6_val3")
+    assert "Closure on the enclosure scenes" in open(os.path.join(results, "comparison.md")).read()
