@@ -170,8 +170,8 @@ def train_one(name, spec, args) -> dict:
             scores = evaluate(model, val, counts[:1])
             score = next(iter(scores.values()))
             history.append([it, round(loss.item(), 4), round(score["interior_closure"], 2)])
-            print(f"{name} iter {it} loss {loss.item():.4f} closure {score['interior_closure']:.1f}",
-                  flush=True)  # fmt: skip
+            closed = score["interior_closure"]
+            print(f"{name} iter {it} loss {loss.item():.4f} closure {closed:.1f}", flush=True)
     return {
         "run": name,
         **run,
