@@ -168,12 +168,17 @@ class EnclosureEvaluator(DatasetEvaluator):
 
     def _categories(self, pred_ids: np.ndarray, segments_info) -> Dict[int, tuple]:
         if segments_info is None:  # ids encode category * label_divisor + instance
+            if set(self._thing_ids) & set(self._stuff_ids):
+                raise ValueError(
+                    "EnclosureEvaluator: a prediction without segments_info needs the standard "
+                    "dataset's metadata (one contiguous id space), not the _separated one"
+                )
             segments_info = []
             for segment in np.unique(pred_ids):
                 if segment < 0:
                     continue
                 category = int(segment) // self._label_divisor
-                thing = category in self._thing_ids.values()
+                thing = category in self._thing_ids  # contiguous ids, as the model gives them
                 segments_info.append(
                     {"id": int(segment), "category_id": category, "isthing": thing}
                 )

@@ -174,6 +174,24 @@ def test_evaluator_reads_detectron2_outputs_and_the_dataset_recipe(tmp_path):
         panoptic.process([r], out)
         evaluator.process([r], out)
     assert evaluator.evaluate()["enclosure"]["token_closure"] == 100
+    # A model that encodes category * label_divisor + instance, without segments_info, on the
+    # standard dataset (one contiguous id space).
+    standard = EnclosureEvaluator(f"{prefix}_val")
+    contiguous = {
+        **MetadataCatalog.get(f"{prefix}_val").thing_dataset_id_to_contiguous_id,
+        **MetadataCatalog.get(f"{prefix}_val").stuff_dataset_id_to_contiguous_id,
+    }
+    for r in records:
+        layout = scene_layout(root, "val", r["image_id"])
+        pred = np.full(layout["ids"].shape, -1, dtype=np.int64)
+        for segment in np.unique(layout["ids"]):
+            if segment:
+                pred[layout["ids"] == segment] = contiguous[segment // 1000] * 1000 + segment % 1000
+        standard.process([r], [{"panoptic_seg": (torch.from_numpy(pred), None)}])
+    scores = standard.evaluate()["enclosure"]
+    assert scores["token_closure"] == 100 and scores["interior_closure"] == 100
+    with pytest.raises(ValueError, match="standard dataset"):
+        evaluator.process([records[0]], [{"panoptic_seg": (torch.from_numpy(pred), None)}])
     # The curve scenes have no closure scores; a scene drawn by another generator is refused.
     assert enclosure_evaluator("synthetic_panoptic_val_separated") is None
     png = synthetic_paths(root, "val")["panoptic_root"] + "/000001.png"
