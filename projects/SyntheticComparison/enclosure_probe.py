@@ -12,7 +12,14 @@ treated alike). The models:
 - ``hgru``: the stem, then an hGRU (rpanoptic.recurrence) run for N steps, trained with BPTT or
   C-RBP; scored at t = N and beyond;
 - ``ff``: the stem, then as many convolutions of the hGRU's kernel size as give the
-  feed-forward model at least the hGRU's parameters.
+  feed-forward model at least the hGRU's parameters (a fixed receptive field: 113 px at stride 8
+  with 5 x 5 kernels).
+
+Trained on one image size, each model is also scored, without retraining, on larger scenes
+(``--test-sizes``: the loops grow with the image, the contours, gaps and tokens keep their
+pixel sizes): a loop wider than a feed-forward model's receptive field cannot be judged by it,
+while a recurrence may run more steps (t up to 6N). The weights are kept next to the result
+(tens of kB) so that other sizes can be scored later.
 
 One process per run, one JSON file per run in --results (skipped when present):
 
@@ -24,6 +31,7 @@ A run's name says what it trains: ``hgru_<grad>_n<N>_s<stride>`` or ``ff_s<strid
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -147,7 +155,17 @@ def evaluate(model, data, counts, batch: int = 50) -> dict:
     return out
 
 
-def train_one(name, spec, args) -> dict:
+def score_sizes(model, run, spec, args) -> dict:
+    """{size: {t: scores}} on ``args.val`` scenes of each of ``args.test_sizes``."""
+    counts = [run["steps"] * k for k in (1, 2, 3, 6)] if run["steps"] else []
+    out = {}
+    for size in [int(x) for x in args.test_sizes.split(",") if x]:
+        data = scenes(dataclasses.replace(spec, size=size), args.val, 1, run["stride"])
+        out[str(size)] = evaluate(model, data, counts, batch=max(1, 50 * 160**2 // size**2))
+    return out
+
+
+def train_one(name, spec, args, weights: str = "") -> dict:
     run = parse_run(name)
     torch.manual_seed(args.seed)
     train = scenes(spec, args.train, 0, run["stride"])
@@ -172,6 +190,9 @@ def train_one(name, spec, args) -> dict:
             history.append([it, round(loss.item(), 4), round(score["interior_closure"], 2)])
             closed = score["interior_closure"]
             print(f"{name} iter {it} loss {loss.item():.4f} closure {closed:.1f}", flush=True)
+    if weights:
+        os.makedirs(os.path.dirname(weights), exist_ok=True)
+        torch.save(model.state_dict(), weights)
     return {
         "run": name,
         **run,
@@ -182,6 +203,7 @@ def train_one(name, spec, args) -> dict:
         "params": sum(p.numel() for p in model.parameters()),
         "train_s": round(time.perf_counter() - start, 1),
         "val": evaluate(model, val, counts),
+        "sizes": score_sizes(model, run, spec, args),
         "history": history,
         "provenance": provenance("cpu"),
     }
@@ -202,6 +224,9 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-period", type=int, default=250)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--test-sizes", default="160,240,320", help="also score on scenes of these sizes (px)"
+    )
     p.add_argument("--results", default=RESULTS, help="one JSON per run (existing ones skipped)")
     return p.parse_args(argv)
 
@@ -223,7 +248,7 @@ def main(argv=None) -> int:
         if os.path.isfile(path):
             print(f"skip {name}: {path} exists")
             continue
-        result = train_one(name, spec, args)
+        result = train_one(name, spec, args, path[: -len(".json")] + ".pth")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         atomic_write_json(path, result, indent=1)
         print(f"{name}: {json.dumps(result['val'])} -> {path}")

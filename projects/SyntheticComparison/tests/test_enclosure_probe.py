@@ -55,11 +55,16 @@ def test_a_tiny_run_writes_its_result_once(tmp_path, capsys):
     args = ["--runs", "hgru_crbp_n3_s8,ff_s8", "--train", "8", "--val", "4", "--iters", "2"]
     args += ["--eval-period", "1", "--size", "96", "--scene", "loop_radius=0.2:0.3"]
     args += ["--results", str(tmp_path), "--batch", "2", "--channels", "8"]
+    args += ["--test-sizes", "96,128"]
     assert probe.main(args) == 0
     path = tmp_path / "loop_radius0.2-0.3" / "hgru_crbp_n3_s8_seed0.json"
     result = json.loads(path.read_text())
     assert sorted(result["val"]) == ["3", "6", "9"] and result["params"] > 0
     assert [h[0] for h in result["history"]] == [1, 2]
+    assert sorted(result["sizes"]) == ["128", "96"]
+    assert sorted(result["sizes"]["128"], key=int) == ["3", "6", "9", "18"]  # N, 2N, 3N, 6N
+    weights = torch.load(str(path)[: -len(".json")] + ".pth", weights_only=True)
+    assert sum(v.numel() for k, v in weights.items() if "weight" in k or "bias" in k) > 0
     ff = json.loads((tmp_path / "loop_radius0.2-0.3" / "ff_s8_seed0.json").read_text())
     assert ff["params"] >= result["params"] - 200  # at least the hGRU's size, stems alike
     stamp = path.stat().st_mtime_ns
