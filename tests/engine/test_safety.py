@@ -272,9 +272,13 @@ def test_dataset_of_another_recipe_is_never_overwritten(small_dataset):
 def test_demo_stops_on_a_dataset_of_another_recipe(tmp_path, monkeypatch):
     import importlib.util
 
+    from rpanoptic.data import EnclosureSpec
+    from rpanoptic.data.synthetic import synthetic_folder
+
     root = tmp_path / "datasets"
-    folder = str(root / "synthetic_panoptic")
-    generate_synthetic_panoptic(folder, {"train": 2, "val": 1}, seed=5, spec=SceneSpec(size=160))
+    counts = {"train": 2, "val": 1}
+    folder = synthetic_folder(counts, EnclosureSpec(), str(root))  # where the demo looks
+    generate_synthetic_panoptic(folder, counts, seed=5, spec=EnclosureSpec())
     before = open(os.path.join(folder, "generator.json")).read()
     monkeypatch.setenv("RPANOPTIC_DATASETS", str(root))
     path = os.path.join(ROOT, "tools", "demo.py")
