@@ -35,7 +35,7 @@ from .enclosure_scene import ENCLOSURE_CATEGORIES, EnclosureSpec, make_enclosure
 from .panoptic import forget_registration, register_panoptic_dataset
 from .stuff_png import separate_semantic_from_panoptic
 from .synthetic_scene import CATEGORIES, SceneSpec, make_scene
-from .validate import validate_panoptic_dataset
+from .validate import read_panoptic_png, validate_panoptic_dataset
 
 __all__ = [
     "KINDS",
@@ -324,11 +324,7 @@ def scene_layout(root: str, split: str, index: int, recipe: Optional[dict] = Non
     rng = np.random.default_rng([recipe["seed"], SPLITS[split], index])
     _, ids, _, layout = make_enclosure_scene(rng, recipe["spec"], layout=True)
     png = os.path.join(synthetic_paths(root, split)["panoptic_root"], f"{index:06d}.png")
-    try:
-        stored = np.asarray(Image.open(png).convert("RGB"), dtype=np.uint32)
-    except OSError as e:
-        raise ValueError(f"{png}: cannot read the scene's panoptic PNG ({e})") from e
-    if not np.array_equal(stored[..., 0] + 256 * stored[..., 1] + 65536 * stored[..., 2], ids):
+    if not np.array_equal(read_panoptic_png(png), ids):
         raise ValueError(
             f"{png}: the scene drawn again from {root}/generator.json differs from the one on "
             f"disk (written by another version of the generator); rewrite it with {PREPARE} "

@@ -31,10 +31,17 @@ from detectron2.utils import comm
 from ..data.enclosure_scene import ENCLOSED, FREE, INSIDE, LOOP_INTERIOR, OUTSIDE
 from ..data.synthetic import SPLITS, read_recipe, scene_layout, synthetic_paths
 
-__all__ = ["EnclosureEvaluator", "enclosure_evaluator", "score_scene", "closure_scores"]
+__all__ = [
+    "CLOSURE_SCORES",
+    "EnclosureEvaluator",
+    "enclosure_evaluator",
+    "score_scene",
+    "closure_scores",
+]
 
 logger = logging.getLogger(__name__)
 
+CLOSURE_SCORES = ["token_closure", "interior_closure"]  # the two headline scores
 WHERE = ("closed loop", "open loop", "no loop")
 RIGHT_TOKEN = {"closed loop": ENCLOSED, "open loop": FREE, "no loop": FREE}
 RIGHT_GROUND = {"closed loop": INSIDE, "open loop": OUTSIDE}
@@ -54,7 +61,7 @@ def score_scene(gt_ids: np.ndarray, layout: dict, pred_ids: np.ndarray, pred_cat
     """
     if gt_ids.shape != pred_ids.shape:
         raise ValueError(f"prediction of shape {pred_ids.shape} for a scene of {gt_ids.shape}")
-    counts = {"tokens": {w: [0, 0, 0] for w in WHERE}, "ground": {w: [0, 0] for w in RIGHT_GROUND}}
+    counts = _no_counts()
     pred_flat, gt_flat = pred_ids.ravel(), gt_ids.ravel()
     things = {s for s, (_, thing) in pred_category.items() if thing}
     for token, where in layout["tokens"].items():
@@ -86,8 +93,13 @@ def score_scene(gt_ids: np.ndarray, layout: dict, pred_ids: np.ndarray, pred_cat
     return counts
 
 
+def _no_counts():
+    """Zero counts: tokens [count, found, right] and ground [pixels, right] per place."""
+    return {"tokens": {w: [0, 0, 0] for w in WHERE}, "ground": {w: [0, 0] for w in RIGHT_GROUND}}
+
+
 def _merge(all_counts):
-    total = {"tokens": {w: [0, 0, 0] for w in WHERE}, "ground": {w: [0, 0] for w in RIGHT_GROUND}}
+    total = _no_counts()
     for counts in all_counts:
         for part in total:
             for where, row in counts[part].items():
@@ -118,45 +130,41 @@ def closure_scores(counts) -> "OrderedDict[str, float]":
     return out
 
 
-def _split_of(metadata):
-    """(dataset root, split) of a registered synthetic dataset, or None."""
+def _enclosure_source(metadata):
+    """(dataset root, split, recipe) of a registered dataset of enclosure scenes written by this
+    generator (its panoptic JSON is ``<root>/annotations/panoptic_<split>.json`` and
+    ``<root>/generator.json`` is of kind enclosure), or None."""
     panoptic_json = metadata.get("panoptic_json", "")
     root = os.path.dirname(os.path.dirname(panoptic_json)) if panoptic_json else ""
     for split in SPLITS:
         if root and synthetic_paths(root, split)["panoptic_json"] == panoptic_json:
-            return root, split
+            recipe = read_recipe(root)
+            if recipe is not None and recipe["kind"] == "enclosure":
+                return root, split, recipe
     return None
 
 
 def enclosure_evaluator(dataset_name: str) -> Optional["EnclosureEvaluator"]:
     """An :class:`EnclosureEvaluator` when ``dataset_name`` holds enclosure scenes of this
     generator, else None."""
-    found = _split_of(MetadataCatalog.get(dataset_name))
-    if found is None:
-        return None
-    recipe = read_recipe(found[0])
-    if recipe is None or recipe["kind"] != "enclosure":
-        return None
-    return EnclosureEvaluator(dataset_name)
+    source = _enclosure_source(MetadataCatalog.get(dataset_name))
+    return None if source is None else EnclosureEvaluator(dataset_name, source)
 
 
 class EnclosureEvaluator(DatasetEvaluator):
     """Detectron2 evaluator of the closure scores (see the module) on an enclosure dataset;
     ``evaluate()`` returns {"enclosure": closure_scores(...)} on the main process."""
 
-    def __init__(self, dataset_name: str):
+    def __init__(self, dataset_name: str, source=None):
         self._metadata = MetadataCatalog.get(dataset_name)
-        found = _split_of(self._metadata)
-        if found is None:
+        source = source or _enclosure_source(self._metadata)
+        if source is None:
             raise ValueError(
-                f"dataset {dataset_name!r} is not a synthetic dataset (its panoptic_json is not "
-                "<root>/annotations/panoptic_<split>.json); the enclosure scores need the scenes' "
-                "generator.json"
+                f"dataset {dataset_name!r} holds no enclosure scenes of this generator (its "
+                "panoptic_json is not <root>/annotations/panoptic_<split>.json beside a "
+                "generator.json of kind enclosure); the closure scores need that recipe"
             )
-        self._root, self._split = found
-        self._recipe = read_recipe(self._root)
-        if self._recipe is None or self._recipe["kind"] != "enclosure":
-            raise ValueError(f"dataset {dataset_name!r} ({self._root}) holds no enclosure scenes")
+        self._root, self._split, self._recipe = source
         inverse = lambda key: {v: k for k, v in self._metadata.get(key, {}).items()}  # noqa: E731
         self._thing_ids = inverse("thing_dataset_id_to_contiguous_id")
         self._stuff_ids = inverse("stuff_dataset_id_to_contiguous_id")

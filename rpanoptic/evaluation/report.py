@@ -15,6 +15,7 @@ from detectron2.utils.visualizer import ColorMode, Visualizer
 
 from ..recurrence import sweep
 from ..utils import eval_mode, pyplot
+from .enclosure import CLOSURE_SCORES
 
 __all__ = [
     "plot_training_curves",
@@ -262,7 +263,7 @@ def write_report(
         lines.append("|---" * (len(counts) + 1) + "|")
         rows = [("panoptic_seg", m) for m in ["PQ", "PQ_th", "PQ_st"]]
         rows += [("panoptic_seg", f"PQ/{name}") for name in categories]
-        rows += [("enclosure", m) for m in ("token_closure", "interior_closure") if closure]
+        rows += [("enclosure", m) for m in CLOSURE_SCORES if closure]
         for task, metric in rows:
             values = [(sweep[t] or {}).get(task, {}).get(metric, float("nan")) for t in counts]
             lines.append(f"| {metric} | " + " | ".join(f"{v:.1f}" for v in values) + " |")

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from ..recurrence import sweep
 from ..utils import eval_mode, pyplot
-from .enclosure import enclosure_evaluator
+from .enclosure import CLOSURE_SCORES, enclosure_evaluator
 from .panoptic import PanopticEvaluator
 
 __all__ = ["timestep_sweep", "run_sweep", "write_sweep", "parse_counts"]
@@ -27,7 +27,6 @@ __all__ = ["timestep_sweep", "run_sweep", "write_sweep", "parse_counts"]
 logger = logging.getLogger(__name__)
 
 METRICS = ["PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st"]
-CLOSURE = ["token_closure", "interior_closure"]  # on the enclosure scenes (evaluation/enclosure)
 
 
 def parse_counts(text: str, flag: str = "--eval-timesteps") -> List[int]:
@@ -71,7 +70,9 @@ def write_sweep(results: Dict[int, dict], output_dir: str, trained_timesteps: in
         {k for r in results.values() for k in (r or {}).get("panoptic_seg", {}) if "/" in k}
     )
     closure = [
-        m for m in CLOSURE if any(m in (r or {}).get("enclosure", {}) for r in results.values())
+        m
+        for m in CLOSURE_SCORES
+        if any(m in (r or {}).get("enclosure", {}) for r in results.values())
     ]
     columns = METRICS + [k for k in per_class if k.startswith("PQ/")] + closure
     for t, res in sorted(results.items()):

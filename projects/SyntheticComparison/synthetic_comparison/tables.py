@@ -10,6 +10,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 from scipy import stats
 
+from rpanoptic.evaluation.enclosure import CLOSURE_SCORES
 from rpanoptic.utils import pyplot
 
 __all__ = [
@@ -28,7 +29,7 @@ METRICS = ["PQ", "PQ_th", "PQ_st", "SQ", "RQ"]
 COSTS = ["params_M", "train_peak_mb", "step_s", "infer_img_s"]
 # On the enclosure scenes: of the tokens and ground inside loops, how many get closed vs open
 # right (rpanoptic.evaluation.enclosure; balanced, so 50 = every loop treated alike).
-CLOSURE = ["token_closure", "interior_closure"]
+CLOSURE = CLOSURE_SCORES
 
 
 def _closure(results: List[Dict]) -> List[str]:
