@@ -13,6 +13,7 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
+from ..data.validate import read_panoptic_png
 from ..recurrence import sweep
 from ..utils import eval_mode, pyplot
 from .enclosure import CLOSURE_SCORES
@@ -144,10 +145,7 @@ def _draw(image, metadata, output=None, record=None) -> np.ndarray:
     if output is not None:
         panoptic, segments = output["panoptic_seg"]
         return vis.draw_panoptic_seg(panoptic.cpu(), segments).get_image()
-    from PIL import Image
-
-    ids = np.asarray(Image.open(record["pan_seg_file_name"]), dtype=np.uint32)
-    ids = ids[..., 0] + 256 * ids[..., 1] + 65536 * ids[..., 2]
+    ids = read_panoptic_png(record["pan_seg_file_name"])
     segments = [dict(s) for s in record["segments_info"]]
     return vis.draw_panoptic_seg(torch.from_numpy(ids.astype(np.int64)), segments).get_image()
 
