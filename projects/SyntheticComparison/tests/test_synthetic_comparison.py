@@ -319,6 +319,24 @@ def test_the_enclosure_plan_trains_what_its_labels_say():
     assert all(e.baseline == "ff" for e in ENCLOSURE_PLAN[1:])
 
 
+def test_each_kind_runs_with_its_fixed_settings_unless_a_flag_overrides():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("compare_script", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    enclosure = script.parse_args(["--kind", "enclosure"])
+    assert (enclosure.scene, enclosure.train, enclosure.val, enclosure.iters) == (
+        "gap=14:20", 2000, 100, 2400
+    )
+    curves = script.parse_args([])
+    assert (curves.kind, curves.scene, curves.train, curves.val, curves.iters) == (
+        "curves", "", 400, 50, 0
+    )
+    mine = script.parse_args(["--kind", "enclosure", "--train", "6", "--iters", "0", "--scene", ""])
+    assert (mine.scene, mine.train, mine.val, mine.iters) == ("", 6, 100, 0)
+
+
 @pytest.mark.slow
 def test_compare_on_the_enclosure_scenes_reports_closure(tmp_path):
     results, out = str(tmp_path / "results"), str(tmp_path / "compare")
