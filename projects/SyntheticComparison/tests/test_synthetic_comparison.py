@@ -325,16 +325,14 @@ def test_each_kind_runs_with_its_fixed_settings_unless_a_flag_overrides():
     spec = importlib.util.spec_from_file_location("compare_script", SCRIPT)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    enclosure = script.parse_args(["--kind", "enclosure"])
-    assert (enclosure.scene, enclosure.train, enclosure.val, enclosure.iters) == (
-        "gap=14:20", 2000, 100, 2400
-    )
-    curves = script.parse_args([])
-    assert (curves.kind, curves.scene, curves.train, curves.val, curves.iters) == (
-        "curves", "", 400, 50, 0
-    )
-    mine = script.parse_args(["--kind", "enclosure", "--train", "6", "--iters", "0", "--scene", ""])
-    assert (mine.scene, mine.train, mine.val, mine.iters) == ("", 6, 100, 0)
+    def settings(*argv):
+        args = script.parse_args(list(argv))
+        return args.scene, args.train, args.val, args.iters
+
+    assert settings("--kind", "enclosure") == ("gap=14:20", 2000, 100, 2400)
+    assert settings() == ("", 400, 50, 0)  # the curve scenes
+    mine = settings("--kind", "enclosure", "--train", "6", "--iters", "0", "--scene", "")
+    assert mine == ("", 6, 100, 0)
 
 
 @pytest.mark.slow
