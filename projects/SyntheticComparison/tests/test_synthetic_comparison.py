@@ -325,6 +325,7 @@ def test_each_kind_runs_with_its_fixed_settings_unless_a_flag_overrides():
     spec = importlib.util.spec_from_file_location("compare_script", SCRIPT)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
+
     def settings(*argv):
         args = script.parse_args(list(argv))
         return args.scene, args.train, args.val, args.iters
