@@ -61,10 +61,14 @@ def test_categories_and_stuff_are_balanced_enough_to_learn():
     assert counts[INSIDE] >= 25 and counts[ENCLOSED] >= 30 and counts[FREE] >= counts[ENCLOSED]
 
 
-def test_the_heads_resolutions_can_represent_the_answer():
+@pytest.mark.parametrize("gap", [None, (14, 20)], ids=["default", "comparison-gaps"])
+def test_the_heads_resolutions_can_represent_the_answer(gap):
+    import dataclasses
+
     from rpanoptic.evaluation.ceiling import head_ceiling
 
-    scenes = [(ids, segments) for _, ids, segments in _scenes(25)]
+    spec = SPEC if gap is None else dataclasses.replace(SPEC, gap=gap)
+    scenes = [(ids, segments) for _, ids, segments in _scenes(25, spec)]
     with contextlib.redirect_stdout(io.StringIO()):
         ceiling = head_ceiling(scenes, ENCLOSURE_CATEGORIES, stuff_area_thresh=100)
     assert ceiling["All"]["pq"] >= 95
