@@ -78,7 +78,7 @@ def parse_args(argv=None):
     )
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for every config")
     args = p.parse_args(argv)
-    for key, value in {**SETTINGS["curves"], **SETTINGS.get(args.kind, {})}.items():
+    for key, value in SETTINGS.get(args.kind, SETTINGS["curves"]).items():
         if getattr(args, key) is None:  # not given: the kind's fixed setting
             setattr(args, key, value)
     return args

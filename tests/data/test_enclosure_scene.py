@@ -20,6 +20,9 @@ from rpanoptic.data.enclosure_scene import (
 )
 
 SPEC = EnclosureSpec()
+# The scenes of the enclosure comparison (SETTINGS in projects/SyntheticComparison/compare.py).
+COMPARISON_SPEC = EnclosureSpec(gap=(14, 20))
+BOTH_SPECS = pytest.mark.parametrize("spec", [SPEC, COMPARISON_SPEC], ids=["default", "comparison"])
 
 
 def _scenes(count, spec=SPEC, seed=0):
@@ -61,13 +64,10 @@ def test_categories_and_stuff_are_balanced_enough_to_learn():
     assert counts[INSIDE] >= 25 and counts[ENCLOSED] >= 30 and counts[FREE] >= counts[ENCLOSED]
 
 
-@pytest.mark.parametrize("gap", [None, (14, 20)], ids=["default", "comparison-gaps"])
-def test_the_heads_resolutions_can_represent_the_answer(gap):
-    import dataclasses
-
+@BOTH_SPECS
+def test_the_heads_resolutions_can_represent_the_answer(spec):
     from rpanoptic.evaluation.ceiling import head_ceiling
 
-    spec = SPEC if gap is None else dataclasses.replace(SPEC, gap=gap)
     scenes = [(ids, segments) for _, ids, segments in _scenes(25, spec)]
     with contextlib.redirect_stdout(io.StringIO()):
         ceiling = head_ceiling(scenes, ENCLOSURE_CATEGORIES, stuff_area_thresh=100)
@@ -110,16 +110,13 @@ def _inside_loop_tokens(count, spec=SPEC):
     return np.array(windows), np.array(labels)
 
 
-@pytest.mark.parametrize("gap", [None, (14, 20)], ids=["default", "comparison-gaps"])
-def test_no_local_shortcut_to_the_category(gap):
+@BOTH_SPECS
+def test_no_local_shortcut_to_the_category(spec):
     """Among tokens inside loops, a linear probe on a 28 x 28 window around each token (pooled
     in 4 x 4 blocks) does not tell enclosed from free beyond chance on held-out tokens (the gap
     lies far from the tokens), while the same probe reads the token's own colour class well (a
     positive control: the probe can learn what the window does show). Also with the wider gaps
-    of the comparison's scenes (SETTINGS in projects/SyntheticComparison/compare.py)."""
-    import dataclasses
-
-    spec = SPEC if gap is None else dataclasses.replace(SPEC, gap=gap)
+    of the comparison's scenes."""
     x, y = _inside_loop_tokens(500, spec)
     assert len(y) > 300 and 0.35 < y.mean() < 0.65
     rng = np.random.default_rng(0)
