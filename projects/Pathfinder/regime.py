@@ -14,6 +14,7 @@ geometry.md, summary.md/.csv, paired_tests.csv, zero_shot.csv/.md, report.md and
   python projects/Pathfinder/regime.py                          # everything missing, then report
   python projects/Pathfinder/regime.py --parts equal_memory --seeds 0
   python projects/Pathfinder/regime.py --report-only            # tables from the files so far
+  python projects/Pathfinder/regime.py --status                 # what is done, partial, missing
 """
 import argparse
 import os
@@ -30,7 +31,13 @@ from pathfinder.compare import (
     save_partial,
     summarize,
 )
-from pathfinder.regime import EQUAL_MEMORY, ZERO_SHOT, geometry_rows, zero_shot_rows
+from pathfinder.regime import (
+    EQUAL_MEMORY,
+    ZERO_SHOT,
+    geometry_rows,
+    plan_status,
+    zero_shot_rows,
+)
 from pathfinder.regime_report import (
     markdown_table,
     paired_rows,
@@ -59,6 +66,12 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--report-only", action="store_true")
+    p.add_argument(
+        "--status",
+        action="store_true",
+        help="print each planned run's state (trained, iteration reached, evaluated) and the "
+        "core-minutes left by the pilot's step costs; runs nothing",
+    )
     p.add_argument("--no-report", action="store_true", help="train and evaluate only")
     p.add_argument(
         "--save-partial",
@@ -151,6 +164,16 @@ def main(argv=None) -> int:
         return 2
     seeds = [int(s) for s in args.seeds.split(",") if s]
     only = {m for m in args.models.split(",") if m}
+    if args.status:
+        pilot = os.path.join(args.results, "pilot_step_cost.csv")
+        rows = plan_status(args.results, args.keep, args.output, [PARTS[n] for n in names],
+                           seeds, pilot)  # fmt: skip
+        print(markdown_table(rows))
+        left = [r for r in rows if not r["trained"] or r["evaluated"] is False]
+        minutes = sum(r["core_min_left"] or 0.0 for r in rows)
+        print(f"\n{len(rows) - len(left)} of {len(rows)} runs done; about {minutes:.0f} "
+              "core-minutes of training left (pilot step costs, one thread)")  # fmt: skip
+        return 0
     if args.save_partial:
         for part in [PARTS[n] for n in names]:
             for path in save_partial(args.output, args.keep, part.sets, part.models, seeds):

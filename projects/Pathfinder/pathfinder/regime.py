@@ -20,12 +20,14 @@ The two parts, fixed before any run (settings of :data:`~.compare.BASE`, the mod
   steps taken per difficulty (:func:`zero_shot_rows`).
 """
 
+import csv
+import os
 from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .compare import BASE, MODELS
+from .compare import BASE, MODELS, kept_path, partial_path
 from .data import PathfinderSplit
 from .fixed_point import load_trained
 from .generator import DIFFICULTY, PathfinderSpec
@@ -42,6 +44,7 @@ __all__ = [
     "geometry_rows",
     "min_steps",
     "path_length",
+    "plan_status",
     "zero_shot_rows",
 ]
 
@@ -163,3 +166,66 @@ def trained_n(model_name: str) -> Optional[int]:
     """The trained N of a recurrent model of :data:`MODELS` (None for a feed-forward one)."""
     run = replace(BASE, **MODELS[model_name])
     return run.timesteps if run.model == "hgru" else None
+
+
+def _iteration(checkpoint: str) -> Optional[int]:
+    """The iteration a checkpoint of :func:`~.train.train` reached (None if it cannot be read)."""
+    try:
+        return int(torch.load(checkpoint, map_location="cpu", weights_only=True)["iteration"])
+    except Exception:  # truncated, not a checkpoint, unpicklable: any of torch.load's failures
+        return None
+
+
+def _step_ms(pilot_csv: Optional[str]) -> Dict[str, float]:
+    """{model: milliseconds per training step} from a pilot file (``pilot_step_cost.csv``)."""
+    if not pilot_csv or not os.path.isfile(pilot_csv):
+        return {}
+    with open(pilot_csv, newline="") as f:
+        return {r["model"]: float(r["step_ms"]) for r in csv.DictReader(f) if r.get("step_ms")}
+
+
+def plan_status(
+    results: str,
+    keep: str,
+    output: str,
+    parts: Sequence[Part] = (EQUAL_MEMORY, ZERO_SHOT),
+    seeds: Optional[Sequence[int]] = None,
+    pilot_csv: Optional[str] = None,
+    base=None,
+) -> List[Dict]:
+    """One row per planned run (part x set x model x seed): ``trained`` (its result file is
+    there); ``iteration``, the furthest reached (from the result, the resumable checkpoint under
+    ``output`` or the committed partial under ``keep``), and ``iters_left``; ``weights_kept``;
+    ``evaluated`` (the zero-shot rows; None outside :data:`ZERO_SHOT`); ``core_min_left``, by
+    the pilot file's step cost (None for a model it did not time; evaluation not counted); and
+    ``problem``, naming a checkpoint that cannot be read (resuming would fail on it)."""
+    cost = _step_ms(pilot_csv)
+    rows = []
+    for part in parts:
+        for set_name in part.sets:
+            for model in part.models:
+                iters = replace(base or BASE, **MODELS[model]).iters
+                for seed in seeds if seeds is not None else part.seeds:
+                    result = os.path.join(results, set_name, f"{model}_s{seed}.json")
+                    trained = os.path.isfile(result)
+                    reached, problem = (iters if trained else 0), ""
+                    resumable = os.path.join(output, set_name, f"{model}_s{seed}", "checkpoint.pth")
+                    saved = partial_path(keep, set_name, model, seed)
+                    for ckpt in () if trained else (resumable, saved):
+                        if os.path.isfile(ckpt):
+                            at = _iteration(ckpt)
+                            if at is None:
+                                problem = f"unreadable {ckpt}: delete it to restart the run"
+                            reached = max(reached, at or 0)
+                    row = dict(part=part.name, set=set_name, model=model, seed=seed)
+                    row.update(trained=trained, iteration=reached, iters_left=iters - reached)
+                    row["weights_kept"] = os.path.isfile(kept_path(keep, set_name, model, seed))
+                    row["evaluated"] = None  # only the zero-shot part has an evaluation
+                    if part.name == ZERO_SHOT.name:
+                        target = os.path.join(results, "zero_shot", f"{model}_s{seed}.csv")
+                        row["evaluated"] = os.path.isfile(target)
+                    minutes = cost[model] * (iters - reached) / 60000 if model in cost else None
+                    row["core_min_left"] = None if minutes is None else round(minutes, 1)
+                    row["problem"] = problem
+                    rows.append(row)
+    return rows

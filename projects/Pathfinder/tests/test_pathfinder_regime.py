@@ -247,3 +247,54 @@ def test_a_run_cut_off_resumes_in_another_session_from_its_saved_partial(
         assert torch.equal(a[name], b[name]), name
     # A finished run has nothing to save.
     assert save_partial(str(tmp_path / "o2"), keep, sets, [model], [0]) == []
+
+
+def test_status_tells_each_planned_run_by_its_files(tmp_path):
+    """plan_status reads every state from the files alone: a result file (trained, all
+    iterations), a resumable checkpoint and a committed partial (the furthest counts), a
+    zero-shot file, an unreadable checkpoint (named, counted as not started), and the
+    core-minutes left by the pilot's step cost."""
+    from pathfinder.compare import partial_path
+    from pathfinder.regime import Part, plan_status
+
+    results, keep, output = (str(tmp_path / d) for d in ("results", "keep", "output"))
+    part = Part("zero_shot", ("medium",), ("ff", "hgru_bptt_k9_n6"), (0, 1))
+
+    def put(path, obj=None, raw=None):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if raw is not None:
+            with open(path, "wb") as f:
+                f.write(raw)
+        elif path.endswith(".pth"):
+            torch.save(obj, path)
+        else:
+            with open(path, "w") as f:
+                f.write(obj)
+
+    put(os.path.join(results, "medium", "ff_s0.json"), "{}")
+    put(os.path.join(results, "zero_shot", "ff_s0.csv"), "model\nff\n")
+    put(kept_path(keep, "medium", "ff", 0), {"iteration": 10000})
+    put(os.path.join(output, "medium", "hgru_bptt_k9_n6_s0", "checkpoint.pth"), {"iteration": 3000})
+    put(partial_path(keep, "medium", "hgru_bptt_k9_n6", 0), {"iteration": 5000})
+    put(os.path.join(output, "medium", "hgru_bptt_k9_n6_s1", "checkpoint.pth"), raw=b"\x80trunc")
+    pilot = str(tmp_path / "pilot.csv")
+    put(pilot, "model,step_ms\nhgru_bptt_k9_n6,120\n")
+
+    status = plan_status(results, keep, output, [part], pilot_csv=pilot)
+    rows = {(r["model"], r["seed"]): r for r in status}
+    assert len(rows) == 4
+    done = rows["ff", 0]
+    assert (done["trained"], done["iteration"], done["iters_left"]) == (True, 10000, 0)
+    assert done["weights_kept"] and done["evaluated"] and done["core_min_left"] is None
+    assert (rows["ff", 1]["trained"], rows["ff", 1]["iteration"]) == (False, 0)
+    assert rows["ff", 1]["evaluated"] is False
+    cut = rows["hgru_bptt_k9_n6", 0]
+    assert (cut["iteration"], cut["iters_left"]) == (5000, 5000)
+    assert cut["core_min_left"] == 10.0  # 5000 steps x 120 ms
+    assert cut["problem"] == "" and not cut["weights_kept"]
+    bad = rows["hgru_bptt_k9_n6", 1]
+    assert bad["iteration"] == 0 and "unreadable" in bad["problem"]
+    assert "checkpoint.pth" in bad["problem"] and bad["core_min_left"] == 20.0
+    # Outside the zero-shot part there is no evaluation to be done.
+    other = Part("equal_memory", ("hard",), ("ff",), (0,))
+    assert plan_status(results, keep, output, [other])[0]["evaluated"] is None
