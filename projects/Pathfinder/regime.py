@@ -36,6 +36,7 @@ from pathfinder.regime import (
     ZERO_SHOT,
     geometry_rows,
     plan_status,
+    zero_shot_path,
     zero_shot_rows,
 )
 from pathfinder.regime_report import (
@@ -101,11 +102,10 @@ def train(args, parts, seeds, only):
 
 def evaluate_zero_shot(args, seeds, only):
     """The zero-shot rows of every kept model of :data:`ZERO_SHOT` whose file is missing."""
-    folder = os.path.join(args.results, "zero_shot")
     roots = {d: _set_root(args, d) for d in ("easy", "medium", "hard")}
     for seed in seeds:
         for model in [m for m in ZERO_SHOT.models if not only or m in only]:
-            target = os.path.join(folder, f"{model}_s{seed}.csv")
+            target = zero_shot_path(args.results, model, seed)
             checkpoint = kept_path(args.keep, ZERO_SHOT.sets[0], model, seed)
             if os.path.isfile(target) or not os.path.isfile(checkpoint):
                 continue

@@ -37,6 +37,8 @@ __all__ = [
     "kept_path",
     "mean_sd",
     "partial_path",
+    "result_path",
+    "resumable_path",
     "save_partial",
     "BASE",
     "load_results",
@@ -124,8 +126,14 @@ def _trained_record(run: PathfinderRun, model, train: PathfinderSplit, val: Path
     return found
 
 
-def _result_path(results: str, set_name: str, model: str, seed: int) -> str:
+def result_path(results: str, set_name: str, model: str, seed: int) -> str:
+    """Where :func:`run_comparison` records a finished run's result (its presence skips it)."""
     return os.path.join(results, set_name, f"{model}_s{seed}.json")
+
+
+def resumable_path(output: str, set_name: str, model: str, seed: int) -> str:
+    """The checkpoint under ``output`` that :func:`run_comparison` writes and resumes."""
+    return os.path.join(output, set_name, f"{model}_s{seed}", "checkpoint.pth")
 
 
 def run_comparison(
@@ -152,14 +160,14 @@ def run_comparison(
     for set_name, root in sets.items():
         for model in models:
             for seed in seeds:
-                target = _result_path(results, set_name, model, seed)
+                target = result_path(results, set_name, model, seed)
                 if os.path.isfile(target):
                     log(f"skip {set_name}/{model} seed {seed}: {target} exists")
                     continue
                 run = replace(base, **MODELS[model], seed=seed)
-                out = os.path.join(output, set_name, f"{model}_s{seed}")
+                resumable = resumable_path(output, set_name, model, seed)
+                out = os.path.dirname(resumable)
                 saved = partial_path(keep, set_name, model, seed) if keep else ""
-                resumable = os.path.join(out, "checkpoint.pth")
                 if saved and os.path.isfile(saved) and not os.path.isfile(resumable):
                     os.makedirs(out, exist_ok=True)  # resume where another session stopped
                     shutil.copyfile(saved, resumable)
@@ -197,7 +205,7 @@ def save_partial(output: str, keep: str, sets, models, seeds) -> List[str]:
     for set_name in sets:
         for model in models:
             for seed in seeds:
-                source = os.path.join(output, set_name, f"{model}_s{seed}", "checkpoint.pth")
+                source = resumable_path(output, set_name, model, seed)
                 if not os.path.isfile(source) or os.path.isfile(
                     kept_path(keep, set_name, model, seed)
                 ):

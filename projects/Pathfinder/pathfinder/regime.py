@@ -27,7 +27,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .compare import BASE, MODELS, kept_path, partial_path
+from .compare import BASE, MODELS, kept_path, partial_path, result_path, resumable_path
 from .data import PathfinderSplit
 from .fixed_point import load_trained
 from .generator import DIFFICULTY, PathfinderSpec
@@ -45,6 +45,7 @@ __all__ = [
     "min_steps",
     "path_length",
     "plan_status",
+    "zero_shot_path",
     "zero_shot_rows",
 ]
 
@@ -147,6 +148,11 @@ def zero_shot_settings() -> List[Dict]:
     return fixed + halting
 
 
+def zero_shot_path(results: str, model_name: str, seed: int) -> str:
+    """Where the zero-shot rows of one trained model are recorded (its presence skips it)."""
+    return os.path.join(results, "zero_shot", f"{model_name}_s{seed}.csv")
+
+
 def zero_shot_rows(
     model_name: str, seed: int, checkpoint: str, roots: Dict[str, str], base=None
 ) -> List[Dict]:
@@ -206,12 +212,12 @@ def plan_status(
             for model in part.models:
                 iters = replace(base or BASE, **MODELS[model]).iters
                 for seed in seeds if seeds is not None else part.seeds:
-                    result = os.path.join(results, set_name, f"{model}_s{seed}.json")
-                    trained = os.path.isfile(result)
+                    trained = os.path.isfile(result_path(results, set_name, model, seed))
                     reached, problem = (iters if trained else 0), ""
-                    resumable = os.path.join(output, set_name, f"{model}_s{seed}", "checkpoint.pth")
-                    saved = partial_path(keep, set_name, model, seed)
-                    for ckpt in () if trained else (resumable, saved):
+                    for ckpt in () if trained else (
+                        resumable_path(output, set_name, model, seed),
+                        partial_path(keep, set_name, model, seed),
+                    ):  # fmt: skip
                         if os.path.isfile(ckpt):
                             at = _iteration(ckpt)
                             if at is None:
@@ -222,10 +228,10 @@ def plan_status(
                     row["weights_kept"] = os.path.isfile(kept_path(keep, set_name, model, seed))
                     row["evaluated"] = None  # only the zero-shot part has an evaluation
                     if part.name == ZERO_SHOT.name:
-                        target = os.path.join(results, "zero_shot", f"{model}_s{seed}.csv")
-                        row["evaluated"] = os.path.isfile(target)
-                    minutes = cost[model] * (iters - reached) / 60000 if model in cost else None
-                    row["core_min_left"] = None if minutes is None else round(minutes, 1)
+                        row["evaluated"] = os.path.isfile(zero_shot_path(results, model, seed))
+                    row["core_min_left"] = (
+                        round(cost[model] * (iters - reached) / 60000, 1) if model in cost else None
+                    )
                     row["problem"] = problem
                     rows.append(row)
     return rows
